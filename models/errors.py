@@ -1,0 +1,54 @@
+"""Errors the model library raises on purpose.
+
+Callers map them to HTTP statuses by class (``ImageDecodeError`` -> 422,
+``DecompressionBomb`` -> 413) and render ``code`` in the JSON error body. Messages name
+the problem (the element, the byte count, the format) and never carry patient data.
+"""
+
+
+class ModelLibraryError(Exception):
+    """Base of every error the model library raises on purpose."""
+
+    code = "model_error"
+
+
+class ImageDecodeError(ModelLibraryError):
+    """The input cannot be turned into pixels (callers answer 422)."""
+
+    code = "unreadable_image"
+
+
+class UnreadableDicom(ImageDecodeError):
+    """Not a DICOM Part 10 file or dataset pydicom can parse."""
+
+    code = "unreadable_dicom"
+
+
+class NoPixelData(ImageDecodeError):
+    """A parseable DICOM dataset without (7FE0,0010) Pixel Data, e.g. an RT Plan."""
+
+    code = "no_pixel_data"
+
+
+class InconsistentPixelData(ImageDecodeError):
+    """The Image Pixel module disagrees with the pixel data (dimensions lie, data truncated)."""
+
+    code = "inconsistent_pixel_data"
+
+
+class UnsupportedTransferSyntax(ImageDecodeError):
+    """No installed decoder handles the dataset's transfer syntax."""
+
+    code = "unsupported_transfer_syntax"
+
+
+class UnreadableRaster(ImageDecodeError):
+    """A PNG or JPEG that is corrupt, truncated or of an unknown kind."""
+
+    code = "unreadable_image"
+
+
+class DecompressionBomb(ImageDecodeError):
+    """The declared image size is past the pixel budget (callers answer 413)."""
+
+    code = "decompression_bomb"

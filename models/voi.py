@@ -1,0 +1,58 @@
+"""Value-of-interest windowing to 8-bit display values (PS3.3 C.11.2)."""
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from models.decoded_image import Window
+
+FloatArray = npt.NDArray[np.float64]
+UInt8Array = npt.NDArray[np.uint8]
+
+DISPLAY_MAX = 255.0
+ROBUST_PERCENTILES = (0.5, 99.5)
+
+
+def is_valid_window(window: Window) -> bool:
+    """PS3.3 C.11.2.1.2: Window Width shall be >= 1; both values must be finite."""
+    center, width = window
+    return math.isfinite(center) and math.isfinite(width) and width >= 1.0
+
+
+def linear_window(values: FloatArray, window: Window) -> UInt8Array:
+    """Apply the LINEAR VOI LUT function of PS3.3 C.11.2.1.2.1 with output range 0..255.
+
+    ``values`` are modality LUT output (e.g. Hounsfield units). Width 1 is the standard's
+    threshold case: values <= center - 0.5 go to 0, the rest to 255.
+    """
+    center, width = window
+    if not is_valid_window(window):
+        raise ValueError(f"window width must be finite and >= 1, got {width!r}")
+    lower = center - 0.5 - (width - 1.0) / 2.0
+    upper = center - 0.5 + (width - 1.0) / 2.0
+    if width == 1.0:
+        return np.where(values <= lower, 0, 255).astype(np.uint8)
+    ramp = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * DISPLAY_MAX
+    mapped = np.where(values <= lower, 0.0, np.where(values > upper, DISPLAY_MAX, ramp))
+    return np.rint(np.clip(mapped, 0.0, DISPLAY_MAX)).astype(np.uint8)
+
+
+def percentile_window(values: FloatArray) -> Window:
+    """A robust window when the file carries none: the 0.5th..99.5th percentile range.
+
+    Chosen so that the linear function above maps the low percentile to 0 and the high one
+    to 255 exactly; a handful of hot or dead pixels cannot squash the rest of the frame.
+    A constant frame gets width 1 and renders black.
+    """
+    low, high = (float(p) for p in np.percentile(values, ROBUST_PERCENTILES))
+    return ((low + high + 1.0) / 2.0, high - low + 1.0)
+
+
+def scale_to_uint8(values: npt.NDArray[np.generic], bits: int) -> UInt8Array:
+    """Linearly map 0..2**bits-1 onto 0..255 (colour data is already display values)."""
+    if bits == 8 and values.dtype == np.uint8:
+        return np.ascontiguousarray(values)
+    full_scale = float(2**bits - 1)
+    scaled = values.astype(np.float64) * (DISPLAY_MAX / full_scale)
+    return np.rint(np.clip(scaled, 0.0, DISPLAY_MAX)).astype(np.uint8)

@@ -1,0 +1,41 @@
+"""create_app(): routers, error handlers, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.health.routes import router as health_router
+from service.ingest.routes import router as ingest_router
+from service.settings import Settings, get_settings
+from service.worklist.routes import router as worklist_router
+
+DISCLAIMER = (
+    "Decision support for research use only. Not a medical device; predictions must not be "
+    "used for diagnosis."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        yield
+
+    app = FastAPI(
+        title="Sightline",
+        version="0.1.0",
+        description="Radiology worklist with Grad-CAM-explained brain-MRI tumour triage. " + DISCLAIMER,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(ingest_router, prefix="/api/v1")
+    app.include_router(worklist_router, prefix="/api/v1")
+    return app

@@ -1,0 +1,1 @@
+"""Persistence shared by the gateway and the worker: tables and sessions."""

@@ -1,0 +1,70 @@
+"""Engines and units of work. Only the request dependency and the worker commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.settings import Settings, get_settings
+from service.storage import BlobStore
+
+NEW_BLOBS = "sightline.new_blobs"
+
+
+def make_engine(database_url: str) -> Engine:
+    """One engine per process; SQLite gets WAL and a busy timeout so API and worker can share it."""
+    if database_url.startswith("sqlite"):
+        engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@lru_cache(maxsize=4)
+def _factory(database_url: str) -> sessionmaker[Session]:
+    return sessionmaker(make_engine(database_url), expire_on_commit=False)
+
+
+def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
+    return _factory((settings or get_settings()).database_url)
+
+
+def track_new_blob(db: Session, key: str) -> None:
+    """Remember a blob written inside this transaction; it is deleted if the transaction fails."""
+    db.info.setdefault(NEW_BLOBS, []).append(key)
+
+
+def _discard_new_blobs(db: Session, store: BlobStore) -> None:
+    for key in db.info.pop(NEW_BLOBS, []):
+        store.delete(key)
+
+
+@contextmanager
+def unit_of_work(settings: Settings | None = None) -> Iterator[Session]:
+    """Commit on success; on any failure roll back and remove the blobs this unit wrote."""
+    settings = settings or get_settings()
+    store = BlobStore(settings.storage_dir)
+    db = session_factory(settings)()
+    try:
+        yield db
+        db.commit()
+        db.info.pop(NEW_BLOBS, None)
+    except BaseException:
+        db.rollback()
+        _discard_new_blobs(db, store)
+        raise
+    finally:
+        db.close()

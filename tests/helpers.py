@@ -1,0 +1,97 @@
+"""Plain helper functions for tests (factories, auth headers). Import as ``from helpers import ...``."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from service.auth.tokens import create_token
+from service.db.session import unit_of_work
+from service.db.tables import Role
+from service.settings import Settings
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{tmp_path / 'sightline.db'}",
+        "broker_url": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        "storage_dir": tmp_path / "blobs",
+        "model_cache_dir": Path(os.environ.get("SIGHTLINE_TEST_MODEL_CACHE", tmp_path / "model-cache")),
+        "log_json": False,
+    }
+    values.update(overrides)
+    settings = Settings(_env_file=None, **values)  # type: ignore[arg-type]
+    settings.ensure_dirs()
+    return settings
+
+
+def issue_token(settings: Settings, role: Role) -> str:
+    with unit_of_work(settings) as db:
+        return create_token(db, role=role, name=f"test-{role.value}")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make_mr_dicom(
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    patient_id: str = "PAT-TEST-1",
+    patient_name: str = "Test^Patient",
+    size: int = 128,
+    lesion: tuple[int, int, int] | None = (40, 48, 14),
+    seed: int = 0,
+) -> bytes:
+    """A small synthetic MR slice (16-bit, explicit VR LE) with an optional bright disc (x, y, r)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    head = ((xx - size / 2) ** 2 + (yy - size / 2) ** 2) < (size * 0.42) ** 2
+    pixels = (head * 600 + rng.normal(0, 20, (size, size))).clip(0, None)
+    if lesion is not None:
+        lx, ly, lr = lesion
+        pixels[((xx - lx) ** 2 + (yy - ly) ** 2) < lr**2] += 900
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.AccessionNumber = "ACC0001"
+    ds.StudyDate = date(2026, 11, 1).strftime("%Y%m%d")
+    ds.StudyTime = "101500"
+    ds.Modality = "MR"
+    ds.BodyPartExamined = "BRAIN"
+    ds.StudyDescription = "MRI BRAIN W/O CONTRAST"
+    ds.SeriesDescription = "AX T1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def read_back(data: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
