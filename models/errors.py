@@ -52,3 +52,45 @@ class DecompressionBomb(ImageDecodeError):
     """The declared image size is past the pixel budget (callers answer 413)."""
 
     code = "decompression_bomb"
+
+
+class ModelContractError(ModelLibraryError):
+    """A model file or manifest breaks the model contract (DESIGN.md, "The model contract")."""
+
+    code = "model_contract"
+
+
+class InvalidManifest(ModelContractError):
+    """A manifest JSON file that is unreadable or fails validation; the message names the file."""
+
+    code = "invalid_manifest"
+
+
+class UnknownModel(ModelContractError):
+    """No registered manifest carries the requested model name."""
+
+    code = "unknown_model"
+
+
+class ModelFileMismatch(ModelContractError):
+    """The model file is missing or its sha256 differs from the one its manifest declares."""
+
+    code = "model_sha256_mismatch"
+
+
+class UnsupportedCamOp(ModelContractError):
+    """The head between the CAM layer and the output holds an op we cannot differentiate."""
+
+    code = "unsupported_cam_op"
+
+
+class UnknownCamMethod(ModelContractError):
+    """The requested CAM method is not in ``models.cam.METHODS``."""
+
+    code = "unknown_cam_method"
+
+
+class InvalidImageArray(ModelLibraryError):
+    """A pixel array handed to preprocessing or rendering has the wrong dtype or shape."""
+
+    code = "invalid_image_array"

@@ -32,10 +32,12 @@ def linear_window(values: FloatArray, window: Window) -> UInt8Array:
     lower = center - 0.5 - (width - 1.0) / 2.0
     upper = center - 0.5 + (width - 1.0) / 2.0
     if width == 1.0:
-        return np.where(values <= lower, 0, 255).astype(np.uint8)
+        threshold: UInt8Array = np.where(values <= lower, 0, 255).astype(np.uint8)
+        return threshold
     ramp = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * DISPLAY_MAX
     mapped = np.where(values <= lower, 0.0, np.where(values > upper, DISPLAY_MAX, ramp))
-    return np.rint(np.clip(mapped, 0.0, DISPLAY_MAX)).astype(np.uint8)
+    display: UInt8Array = np.rint(np.clip(mapped, 0.0, DISPLAY_MAX)).astype(np.uint8)
+    return display
 
 
 def percentile_window(values: FloatArray) -> Window:

@@ -87,10 +87,7 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 def error_responses(*errors: type[SightlineError]) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route so OpenAPI lists the errors it can return."""
-    return {
-        err.status_code: {"description": err.code, "model": ErrorEnvelope}
-        for err in errors
-    }
+    return {err.status_code: {"description": err.code, "model": ErrorEnvelope} for err in errors}
 
 
 def model_error_status(exc: ModelLibraryError) -> int:

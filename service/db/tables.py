@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -35,27 +35,27 @@ UID = String(64)  # PS3.5 §9.1: a UID is at most 64 characters
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
 
 
-class StudyStatus(str, enum.Enum):
+class StudyStatus(enum.StrEnum):
     pending = "pending"  # at least one instance still waiting for analysis
     analysed = "analysed"  # every instance has a result
     failed = "failed"  # nothing pending and at least one instance could not be analysed
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     ingest = "ingest"
     reader = "reader"
     admin = "admin"
@@ -80,7 +80,9 @@ class Study(Base):
     description: Mapped[str | None] = mapped_column(String(64))
     synthetic: Mapped[bool] = mapped_column(default=False)
     clinical_priority: Mapped[int] = mapped_column(SmallInteger, default=0)
-    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), default=StudyStatus.pending)
+    status: Mapped[StudyStatus] = mapped_column(
+        _enum(StudyStatus, "study_status"), default=StudyStatus.pending
+    )
     triage_score: Mapped[float | None] = mapped_column(Float)
     predicted_label: Mapped[str | None] = mapped_column(String(64))
     key_instance_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -109,7 +111,9 @@ class Series(Base):
     description: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="series")
-    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.instance_number")
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="series", order_by="Instance.instance_number"
+    )
 
 
 class Instance(Base):
@@ -141,7 +145,9 @@ class AnalysisJob(Base):
     __tablename__ = "analysis_jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), unique=True)
+    instance_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), unique=True
+    )
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))

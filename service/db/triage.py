@@ -21,9 +21,9 @@ def recompute_study(db: Session, study_id: uuid.UUID) -> Study:
         raise LookupError(f"study {study_id} does not exist")
     statuses = set(
         db.scalars(
-            select(AnalysisJob.status).join(Instance, AnalysisJob.instance_id == Instance.id).where(
-                Instance.study_id == study_id
-            )
+            select(AnalysisJob.status)
+            .join(Instance, AnalysisJob.instance_id == Instance.id)
+            .where(Instance.study_id == study_id)
         )
     )
     best = db.execute(

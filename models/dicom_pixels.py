@@ -1,0 +1,268 @@
+"""DICOM Part 10 bytes -> display-ready pixels of one frame.
+
+The Image Pixel module (PS3.3 C.7.6.3) is validated against the pixel data before
+anything is decoded; grayscale frames then pass through the Modality LUT (C.11.1) and the
+VOI LUT (C.11.2) to 8-bit; colour frames are converted to RGB (C.7.6.3.1.2) and scaled.
+"""
+
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
+from pydicom.pixels.utils import pixel_array
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from models.decoded_image import DecodedImage, Window
+from models.errors import (
+    DecompressionBomb,
+    InconsistentPixelData,
+    NoPixelData,
+    UnreadableDicom,
+    UnsupportedTransferSyntax,
+)
+from models.voi import is_valid_window, linear_window, percentile_window, scale_to_uint8
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 64_000_000
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT")
+PALETTE = "PALETTE COLOR"
+
+# What pydicom's parser raises on malformed bytes (it has no single base exception).
+_PARSE_ERRORS = (
+    InvalidDicomError, EOFError, struct.error, ValueError, KeyError,
+    IndexError, TypeError, OverflowError, NotImplementedError, AttributeError,
+)  # fmt: skip
+# What pydicom's pixel decoders raise: validation (Value/Attribute), all plugins failed
+# (RuntimeError), no decoder or plugin for the syntax (NotImplementedError).
+_DECODE_ERRORS = (ValueError, AttributeError, RuntimeError, KeyError, IndexError)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The Image Pixel module attributes that fix the size of the pixel data."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    frames: int
+    photometric: str
+
+
+def read_dicom(data: bytes) -> Dataset:
+    """Parse DICOM bytes; files without preamble/meta are accepted only if they hold a SOP Instance UID.
+
+    Every element is converted here, so later attribute access cannot fail on malformed
+    values. The transfer syntax of a file without one is inferred from how it parsed.
+    """
+    if not data:
+        raise UnreadableDicom("empty input: 0 bytes is not a DICOM file")
+    try:
+        ds = _parse(data)
+        for _ in ds.iterall():
+            pass
+    except _PARSE_ERRORS as exc:
+        raise UnreadableDicom(f"not a readable DICOM file ({type(exc).__name__} while parsing)") from exc
+    _ensure_transfer_syntax(ds)
+    return ds
+
+
+def _parse(data: bytes) -> Dataset:
+    try:
+        return dcmread(BytesIO(data))
+    except InvalidDicomError:
+        ds = dcmread(BytesIO(data), force=True)
+    if "SOPInstanceUID" not in ds:
+        raise UnreadableDicom("no 'DICM' prefix and no (0008,0018) SOP Instance UID: not a DICOM dataset")
+    return ds
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Fill in (0002,0010) from the encoding the parser found, when the file has none."""
+    if ds.file_meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = ds.original_encoding
+    if implicit and little:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    elif implicit is False:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode one frame of ``ds`` to display-ready uint8 pixels.
+
+    The classifier sees one 2-D slice; for a multi-frame object we take the middle frame
+    (index frame_count // 2), which for a brain volume is the slice most likely to include
+    the lesion-bearing central anatomy; per-frame analysis is future work.
+
+    Grayscale (MONOCHROME1/2, PS3.3 C.7.6.3.1.2): Modality LUT (C.11.1), then the file's
+    first Window Center/Width with the linear function of C.11.2.1.2.1, else a 0.5-99.5
+    percentile window; MONOCHROME1 is inverted after windowing so that high is bright.
+    Colour (RGB, YBR_*) is converted to RGB by the decoder and scaled, never windowed;
+    PALETTE COLOR goes through its lookup tables (C.7.6.3.1.5).
+    """
+    geometry = _geometry(ds, max_pixels)
+    _check_pixel_data(ds, geometry)
+    index = geometry.frames // 2
+    frame = _decode_frame(ds, index)
+    if geometry.photometric == PALETTE:
+        rgb = apply_color_lut(frame, ds)
+        return _image(scale_to_uint8(rgb, 8 * rgb.dtype.itemsize), geometry, index, None)
+    if geometry.photometric in COLOR:
+        return _image(scale_to_uint8(frame, _bits_stored(ds, geometry)), geometry, index, None)
+    values = np.asarray(apply_modality_lut(frame, ds), dtype=np.float64)
+    window = _stored_window(ds) or percentile_window(values)
+    display = linear_window(values, window)
+    if geometry.photometric == "MONOCHROME1":
+        display = 255 - display
+    return _image(display, geometry, index, window)
+
+
+def _image(
+    pixels: npt.NDArray[np.uint8], geometry: _Geometry, index: int, window: Window | None
+) -> DecodedImage:
+    return DecodedImage(np.ascontiguousarray(pixels), "dicom", geometry.frames, index, window)
+
+
+def _positive_int(ds: Dataset, keyword: str, tag: str) -> int:
+    value = ds.get(keyword)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InconsistentPixelData(f"{tag} {keyword} is missing or not a positive integer")
+    return value
+
+
+def _geometry(ds: Dataset, max_pixels: int) -> _Geometry:
+    """Validate the Image Pixel module (PS3.3 C.7.6.3.1) before touching pixel data."""
+    if "PixelData" not in ds or not ds.PixelData:
+        raise NoPixelData("dataset has no (7FE0,0010) Pixel Data")
+    rows = _positive_int(ds, "Rows", "(0028,0010)")
+    columns = _positive_int(ds, "Columns", "(0028,0011)")
+    if rows * columns > max_pixels:
+        raise DecompressionBomb(f"{rows}x{columns} frame exceeds the {max_pixels}-pixel limit")
+    samples = _positive_int(ds, "SamplesPerPixel", "(0028,0002)")
+    bits = _positive_int(ds, "BitsAllocated", "(0028,0100)")
+    if bits != 1 and (bits % 8 or bits > 64):
+        raise InconsistentPixelData(f"(0028,0100) Bits Allocated {bits} is not 1 or a multiple of 8 <= 64")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    expected_samples = 1 if photometric in (*MONOCHROME, PALETTE) else 3 if photometric in COLOR else None
+    if expected_samples is None:
+        raise InconsistentPixelData(f"(0028,0004) Photometric Interpretation {photometric!r} is unsupported")
+    if samples != expected_samples:
+        raise InconsistentPixelData(
+            f"(0028,0002) Samples per Pixel is {samples} but {photometric} needs {expected_samples}"
+        )
+    return _Geometry(rows, columns, samples, bits, _frame_count(ds), photometric)
+
+
+def _frame_count(ds: Dataset) -> int:
+    """(0028,0008) Number of Frames; absent, empty or 0 means one frame (as pydicom reads it)."""
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError) as exc:
+        raise InconsistentPixelData("(0028,0008) Number of Frames is not an integer") from exc
+    if frames < 0:
+        raise InconsistentPixelData(f"(0028,0008) Number of Frames {frames} is negative")
+    return max(frames, 1)
+
+
+def _bits_stored(ds: Dataset, geometry: _Geometry) -> int:
+    stored = ds.get("BitsStored")
+    if isinstance(stored, int) and 0 < stored <= geometry.bits_allocated:
+        return stored
+    return geometry.bits_allocated
+
+
+def _check_pixel_data(ds: Dataset, geometry: _Geometry) -> None:
+    """Refuse syntaxes nothing here decodes, and native pixel data whose length lies."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not syntax:
+        raise UnsupportedTransferSyntax("dataset has no (0002,0010) Transfer Syntax UID")
+    try:
+        decoder = get_decoder(UID(syntax))
+    except NotImplementedError as exc:
+        raise UnsupportedTransferSyntax(f"no pixel decoder for transfer syntax {UID(syntax).name}") from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        raise UnsupportedTransferSyntax(f"no installed plugin decodes {UID(syntax).name} ({missing})")
+    if decoder.is_native:
+        _check_native_length(len(ds.PixelData), geometry)
+
+
+def _check_native_length(actual: int, geometry: _Geometry) -> None:
+    """PS3.5 8.1.1: native Pixel Data is exactly Rows x Columns x Samples x Bits x Frames.
+
+    Excess shorter than one frame is tolerated as trailing padding (as pydicom does);
+    a whole frame or more of excess means Rows/Columns/Bits/Number of Frames understate it.
+    """
+    pixels = geometry.rows * geometry.columns * geometry.samples_per_pixel * geometry.frames
+    bits = geometry.bits_allocated
+    expected = (pixels + 7) // 8 if bits == 1 else pixels * (bits // 8)
+    if geometry.photometric == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: two samples per pixel on disk
+        expected = expected // 3 * 2
+    frame_bytes = max(expected // geometry.frames, 2)
+    if actual < expected:
+        raise InconsistentPixelData(
+            f"Pixel Data is {actual} bytes but the Image Pixel module needs {expected}: "
+            "truncated, or Rows/Columns/Bits Allocated/Samples per Pixel overstate it"
+        )
+    if actual - expected >= frame_bytes:
+        raise InconsistentPixelData(
+            f"Pixel Data is {actual} bytes but the Image Pixel module describes {expected}: "
+            "Rows/Columns/Bits Allocated/Number of Frames understate it"
+        )
+
+
+def _decode_frame(ds: Dataset, index: int) -> npt.NDArray[np.generic]:
+    """Decode frame ``index`` only; YBR is converted to RGB by the decoder (``as_rgb``)."""
+    try:
+        frame: npt.NDArray[np.generic] = pixel_array(ds, index=index)
+    except NotImplementedError as exc:
+        raise UnsupportedTransferSyntax(f"pixel data cannot be decoded here: {_one_line(exc)}") from exc
+    except _DECODE_ERRORS as exc:
+        raise InconsistentPixelData(f"pixel data could not be decoded: {_one_line(exc)}") from exc
+    return frame.astype(frame.dtype.newbyteorder("="), copy=False)
+
+
+def _one_line(exc: Exception) -> str:
+    """pydicom's decoder messages name elements and plugins, never patient data."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _stored_window(ds: Dataset) -> Window | None:
+    """The first (0028,1050) Window Center / (0028,1051) Window Width pair, if usable."""
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    try:
+        window = (_as_float(_first(center)), _as_float(_first(width)))
+    except (TypeError, ValueError, IndexError):
+        logger.warning("ignoring a Window Center/Width that is not numeric")
+        return None
+    if not is_valid_window(window):
+        logger.warning("ignoring Window Width %s (PS3.3 C.11.2.1.2 requires >= 1)", window[1])
+        return None
+    return window
+
+
+def _first(value: object) -> object:
+    """Window Center/Width may be multi-valued (PS3.3 C.11.2.1.2); the first pair is the default."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return value[0]
+    return value
+
+
+def _as_float(value: object) -> float:
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"not a number: {type(value).__name__}")
+    return float(value)

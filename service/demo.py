@@ -1,0 +1,151 @@
+"""``sightline demo``: the whole system on one machine with the embedded defaults.
+
+Same code path as production: the API and a real Celery worker (with the reconciler beat
+embedded) run as separate processes over SQLite, a SQLite-backed broker and local files.
+The sample studies are synthetic drawings and say so in their patient name and description.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from models.synthetic import Lesion, synthetic_slice
+from service.auth.tokens import create_token
+from service.db.migrate import upgrade
+from service.db.session import unit_of_work
+from service.db.tables import Role
+from service.settings import Settings, get_settings
+
+SAMPLE_LESIONS = [Lesion(0.35, 0.40, 0.09), None, Lesion(0.62, 0.58, 0.06), Lesion(0.5, 0.30, 0.05)]
+DEMO_UID_SEED = "sightline-demo-v1"
+
+
+def synthetic_dicom(index: int) -> bytes:
+    """Sample study ``index`` as an MR DICOM file; UIDs are deterministic so re-runs are idempotent."""
+    uid = lambda part: generate_uid(entropy_srcs=[DEMO_UID_SEED, str(index), part])  # noqa: E731
+    pixels = synthetic_slice(256, lesion=SAMPLE_LESIONS[index % len(SAMPLE_LESIONS)], seed=index)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = uid("sop")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.update(_demo_attributes(index))
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _demo_attributes(index: int) -> dict[str, object]:
+    return {
+        "PatientName": f"SYNTHETIC^DEMO{index + 1}",
+        "PatientID": f"SYNTH-{index + 1:04d}",
+        "AccessionNumber": f"DEMO{index + 1:04d}",
+        "StudyDate": time.strftime("%Y%m%d"),
+        "StudyTime": time.strftime("%H%M%S"),
+        "Modality": "MR",
+        "BodyPartExamined": "BRAIN",
+        "StudyDescription": "SYNTHETIC DEMO - NOT A PATIENT",
+        "SeriesDescription": "SYNTHETIC AX T1",
+        "SeriesNumber": 1,
+        "InstanceNumber": 1,
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "BitsAllocated": 16,
+        "BitsStored": 12,
+        "HighBit": 11,
+        "PixelRepresentation": 0,
+        "WindowCenter": 800,
+        "WindowWidth": 1600,
+    }
+
+
+def _spawn(args: list[str], settings: Settings) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATABASE_URL": settings.database_url,
+        "SIGHTLINE_BROKER_URL": settings.broker_url,
+    }
+    return subprocess.Popen([sys.executable, *args], env=env, start_new_session=True)
+
+
+def _processes(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    yield _spawn(["-m", "service.cli", "serve"], settings)
+    yield _spawn(
+        ["-m", "service.cli", "worker", "--pool=solo", "--beat", "--schedule", "./var/celerybeat-schedule"],
+        settings,
+    )
+
+
+def _wait_ready(base_url: str, deadline_s: float = 180.0) -> None:
+    stop = time.monotonic() + deadline_s
+    while time.monotonic() < stop:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the API did not become ready at {base_url}")
+
+
+def _push_samples(base_url: str, token: str, samples: int) -> None:
+    files = [("files", (f"sample-{i}.dcm", synthetic_dicom(i), "application/dicom")) for i in range(samples)]
+    response = httpx.post(
+        f"{base_url}/api/v1/uploads", files=files, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
+    response.raise_for_status()
+
+
+def run_demo(samples: int = 4) -> int:
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    with unit_of_work(settings) as db:
+        reader = create_token(db, role=Role.reader, name="demo-reader")
+        ingest = create_token(db, role=Role.ingest, name="demo-ingest")
+    base_url = f"http://{settings.host}:{settings.port}"
+    children = list(_processes(settings))
+    try:
+        _wait_ready(base_url)
+        _push_samples(base_url, ingest, samples)
+        print(_banner(base_url, reader, ingest), flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+        return 1  # a child died: say so with the exit code
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        for child in children:
+            child.wait(timeout=30)
+
+
+def _banner(base_url: str, reader: str, ingest: str) -> str:
+    return f"""
+Sightline demo is running at {base_url}   (synthetic sample studies; research use only)
+
+  Reader token:  {reader}
+  Ingest token:  {ingest}
+
+  Worklist:      curl -H 'Authorization: Bearer {reader}' {base_url}/api/v1/worklist
+  Push a file:   curl -H 'Authorization: Bearer {ingest}' -F files=@image.dcm {base_url}/api/v1/uploads
+  API docs:      {base_url}/docs
+
+Press Ctrl+C to stop.
+"""
