@@ -1,4 +1,4 @@
-"""DICOM Part 10 bytes -> display-ready pixels of one frame.
+"""A parsed DICOM dataset -> display-ready pixels of one frame.
 
 The Image Pixel module (PS3.3 C.7.6.3) is validated against the pixel data before
 anything is decoded; grayscale frames then pass through the Modality LUT (C.11.1) and the
@@ -9,24 +9,20 @@ import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 
 import numpy as np
 import numpy.typing as npt
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, RLELossless
 
 from models.decoded_image import DecodedImage, Window
 from models.errors import (
     DecompressionBomb,
     InconsistentPixelData,
     NoPixelData,
-    UnreadableDicom,
     UnsupportedTransferSyntax,
 )
 from models.voi import is_valid_window, linear_window, percentile_window, scale_to_uint8
@@ -38,14 +34,12 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT")
 PALETTE = "PALETTE COLOR"
 
-# What pydicom's parser raises on malformed bytes (it has no single base exception).
-_PARSE_ERRORS = (
-    InvalidDicomError, EOFError, struct.error, ValueError, KeyError,
-    IndexError, TypeError, OverflowError, NotImplementedError, AttributeError,
-)  # fmt: skip
-# What pydicom's pixel decoders raise: validation (Value/Attribute), all plugins failed
-# (RuntimeError), no decoder or plugin for the syntax (NotImplementedError).
-_DECODE_ERRORS = (ValueError, AttributeError, RuntimeError, KeyError, IndexError)
+# What pydicom's pixel decoders raise: validation (Value/Attribute/TypeError), all plugins
+# failed (RuntimeError), malformed encapsulation (struct.error, EOFError); no decoder for
+# the syntax (NotImplementedError) is handled separately.
+_DECODE_ERRORS = (ValueError, AttributeError, TypeError, RuntimeError, KeyError, IndexError, EOFError, struct.error)
+# pylibjpeg-rle panics (a BaseException) on malformed segments; pydicom's own RLE decoder raises.
+_PLUGIN_FOR = {RLELossless: "pydicom"}
 
 
 @dataclass(frozen=True)
@@ -58,45 +52,6 @@ class _Geometry:
     bits_allocated: int
     frames: int
     photometric: str
-
-
-def read_dicom(data: bytes) -> Dataset:
-    """Parse DICOM bytes; files without preamble/meta are accepted only if they hold a SOP Instance UID.
-
-    Every element is converted here, so later attribute access cannot fail on malformed
-    values. The transfer syntax of a file without one is inferred from how it parsed.
-    """
-    if not data:
-        raise UnreadableDicom("empty input: 0 bytes is not a DICOM file")
-    try:
-        ds = _parse(data)
-        for _ in ds.iterall():
-            pass
-    except _PARSE_ERRORS as exc:
-        raise UnreadableDicom(f"not a readable DICOM file ({type(exc).__name__} while parsing)") from exc
-    _ensure_transfer_syntax(ds)
-    return ds
-
-
-def _parse(data: bytes) -> Dataset:
-    try:
-        return dcmread(BytesIO(data))
-    except InvalidDicomError:
-        ds = dcmread(BytesIO(data), force=True)
-    if "SOPInstanceUID" not in ds:
-        raise UnreadableDicom("no 'DICM' prefix and no (0008,0018) SOP Instance UID: not a DICOM dataset")
-    return ds
-
-
-def _ensure_transfer_syntax(ds: Dataset) -> None:
-    """Fill in (0002,0010) from the encoding the parser found, when the file has none."""
-    if ds.file_meta.get("TransferSyntaxUID"):
-        return
-    implicit, little = ds.original_encoding
-    if implicit and little:
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    elif implicit is False:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -117,11 +72,10 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     index = geometry.frames // 2
     frame = _decode_frame(ds, index)
     if geometry.photometric == PALETTE:
-        rgb = apply_color_lut(frame, ds)
-        return _image(scale_to_uint8(rgb, 8 * rgb.dtype.itemsize), geometry, index, None)
+        return _image(_palette_to_rgb(frame, ds), geometry, index, None)
     if geometry.photometric in COLOR:
         return _image(scale_to_uint8(frame, _bits_stored(ds, geometry)), geometry, index, None)
-    values = np.asarray(apply_modality_lut(frame, ds), dtype=np.float64)
+    values = _modality_values(frame, ds)
     window = _stored_window(ds) or percentile_window(values)
     display = linear_window(values, window)
     if geometry.photometric == "MONOCHROME1":
@@ -129,10 +83,25 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     return _image(display, geometry, index, window)
 
 
-def _image(
-    pixels: npt.NDArray[np.uint8], geometry: _Geometry, index: int, window: Window | None
-) -> DecodedImage:
+def _image(pixels: npt.NDArray[np.uint8], geometry: _Geometry, index: int, window: Window | None) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(pixels), "dicom", geometry.frames, index, window)
+
+
+def _modality_values(frame: npt.NDArray[np.generic], ds: Dataset) -> npt.NDArray[np.float64]:
+    """PS3.3 C.11.1: Rescale Slope/Intercept or a Modality LUT Sequence, to output units."""
+    try:
+        return np.asarray(apply_modality_lut(frame, ds), dtype=np.float64)
+    except _DECODE_ERRORS as exc:
+        raise InconsistentPixelData(f"modality LUT / rescale values are unusable: {_one_line(exc)}") from exc
+
+
+def _palette_to_rgb(frame: npt.NDArray[np.generic], ds: Dataset) -> npt.NDArray[np.uint8]:
+    """PS3.3 C.7.6.3.1.5: index the Red/Green/Blue Palette Color Lookup Tables."""
+    try:
+        rgb: npt.NDArray[np.generic] = apply_color_lut(frame, ds)
+    except _DECODE_ERRORS as exc:
+        raise InconsistentPixelData(f"palette colour lookup tables are unusable: {_one_line(exc)}") from exc
+    return scale_to_uint8(rgb, 8 * rgb.dtype.itemsize)
 
 
 def _positive_int(ds: Dataset, keyword: str, tag: str) -> int:
@@ -144,7 +113,7 @@ def _positive_int(ds: Dataset, keyword: str, tag: str) -> int:
 
 def _geometry(ds: Dataset, max_pixels: int) -> _Geometry:
     """Validate the Image Pixel module (PS3.3 C.7.6.3.1) before touching pixel data."""
-    if "PixelData" not in ds or not ds.PixelData:
+    if "PixelData" not in ds:
         raise NoPixelData("dataset has no (7FE0,0010) Pixel Data")
     rows = _positive_int(ds, "Rows", "(0028,0010)")
     columns = _positive_int(ds, "Columns", "(0028,0011)")
@@ -196,7 +165,7 @@ def _check_pixel_data(ds: Dataset, geometry: _Geometry) -> None:
         missing = "; ".join(decoder.missing_dependencies)
         raise UnsupportedTransferSyntax(f"no installed plugin decodes {UID(syntax).name} ({missing})")
     if decoder.is_native:
-        _check_native_length(len(ds.PixelData), geometry)
+        _check_native_length(len(ds.PixelData or b""), geometry)
 
 
 def _check_native_length(actual: int, geometry: _Geometry) -> None:
@@ -226,7 +195,8 @@ def _check_native_length(actual: int, geometry: _Geometry) -> None:
 def _decode_frame(ds: Dataset, index: int) -> npt.NDArray[np.generic]:
     """Decode frame ``index`` only; YBR is converted to RGB by the decoder (``as_rgb``)."""
     try:
-        frame: npt.NDArray[np.generic] = pixel_array(ds, index=index)
+        plugin = _PLUGIN_FOR.get(ds.file_meta.TransferSyntaxUID, "")
+        frame: npt.NDArray[np.generic] = pixel_array(ds, index=index, decoding_plugin=plugin)
     except NotImplementedError as exc:
         raise UnsupportedTransferSyntax(f"pixel data cannot be decoded here: {_one_line(exc)}") from exc
     except _DECODE_ERRORS as exc:

@@ -1,11 +1,13 @@
 """Pixel decoding for the model library: DICOM, PNG and JPEG to display-ready uint8.
 
-This is the one import the worker needs; the pieces live in ``dicom_pixels`` (PS3.3
-C.7.6.3 / C.11), ``raster`` (PNG/JPEG with a header size check) and ``voi`` (windowing).
+This is the one import the worker needs; the pieces live in ``dicom_read`` (PS3.10),
+``dicom_pixels`` (PS3.3 C.7.6.3 / C.11), ``raster`` (PNG/JPEG with a header size check)
+and ``voi`` (windowing).
 """
 
 from models.decoded_image import DecodedImage, ImageSource, Window
-from models.dicom_pixels import DEFAULT_MAX_PIXELS, decode_dicom, read_dicom
+from models.dicom_pixels import DEFAULT_MAX_PIXELS, decode_dicom
+from models.dicom_read import read_dicom
 from models.errors import UnreadableDicom
 from models.raster import decode_raster, sniff_kind
 

@@ -11,6 +11,7 @@ from service.errors import install_error_handlers
 from service.health.routes import router as health_router
 from service.ingest.routes import router as ingest_router
 from service.settings import Settings, get_settings
+from service.web.routes import router as web_router
 from service.worklist.routes import router as worklist_router
 
 DISCLAIMER = (
@@ -38,4 +39,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(ingest_router, prefix="/api/v1")
     app.include_router(worklist_router, prefix="/api/v1")
+    app.include_router(web_router)
     return app

@@ -72,7 +72,7 @@ def _models_list(_: argparse.Namespace) -> int:
 
     settings = get_settings()
     extra = [settings.model_manifest_dir] if settings.model_manifest_dir else []
-    for manifest in list_manifests(extra):
+    for manifest in list_manifests(extra).values():
         marker = "*" if manifest.name == settings.model_name else " "
         print(
             f"{marker} {manifest.name} {manifest.version} sha256={manifest.sha256[:12]} labels={manifest.labels}"

@@ -47,6 +47,30 @@ def track_new_blob(db: Session, key: str) -> None:
     db.info.setdefault(NEW_BLOBS, []).append(key)
 
 
+def forget_new_blob(db: Session, key: str) -> None:
+    """Stop tracking ``key``: a committed row of another transaction owns it, or it was removed."""
+    tracked = db.info.get(NEW_BLOBS, [])
+    while key in tracked:
+        tracked.remove(key)
+
+
+def begin_write(db: Session) -> None:
+    """Open the transaction as a writer now: ``BEGIN IMMEDIATE`` on SQLite, nothing elsewhere.
+
+    pysqlite only opens a transaction before INSERT/UPDATE/DELETE, so a SAVEPOINT issued
+    first would itself start the transaction and its RELEASE would commit it (SQLAlchemy,
+    "Serializable isolation / Savepoints" for pysqlite). Taking the write lock up front also
+    serialises SQLite writers, so a read-then-insert cannot fail with SQLITE_BUSY_SNAPSHOT.
+    PostgreSQL needs neither: its transactions and savepoints nest as written.
+    """
+    connection = db.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    dbapi = connection.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _discard_new_blobs(db: Session, store: BlobStore) -> None:
     for key in db.info.pop(NEW_BLOBS, []):
         store.delete(key)

@@ -1,10 +1,12 @@
 """Every way a DICOM upload can fail to become pixels raises one named, specific error."""
 
 import random
+import struct
 
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
 from models.errors import (
@@ -36,17 +38,28 @@ def test_empty_input() -> None:
 
 def test_random_bytes() -> None:
     noise = random.Random(7).randbytes(4096)
-    with pytest.raises(UnreadableDicom, match="not a DICOM dataset|not a readable DICOM file"):
+    with pytest.raises(UnreadableDicom, match=r"not a DICOM dataset|not a readable DICOM file"):
         read_dicom(noise)
 
 
+@pytest.mark.parametrize("size", [140, 300])
+def test_file_meta_without_a_dataset(size: int) -> None:
+    with pytest.raises(UnreadableDicom, match="no data elements after the File Meta Information"):
+        read_dicom(file_bytes("MR_small.dcm")[:size])
+
+
 def test_truncated_header() -> None:
-    with pytest.raises(UnreadableDicom, match="not a readable DICOM file"):
-        read_dicom(file_bytes("MR_small.dcm")[:200])
+    with pytest.raises(UnreadableDicom, match=r"truncated: element \(0020,0037\) declares 42 bytes, 12 present"):
+        read_dicom(file_bytes("MR_small.dcm")[:1200])
+
+
+def test_truncated_before_any_pixel_data_byte() -> None:
+    with pytest.raises(InconsistentPixelData, match=r"Pixel Data is 0 bytes .* needs 8192: truncated"):
+        decode_dicom(read_dicom(file_bytes("MR_small.dcm")[:1500]))
 
 
 def test_truncated_pixel_data() -> None:
-    with pytest.raises(InconsistentPixelData, match="8130 bytes .* needs 8192: truncated"):
+    with pytest.raises(InconsistentPixelData, match=r"8130 bytes .* needs 8192: truncated"):
         decode_dicom(read_dicom(file_bytes("MR_truncated.dcm")))
 
 
@@ -170,3 +183,20 @@ def test_damaged_files_raise_only_decode_errors(name: str) -> None:
             decode_dicom(read_dicom(sample))
         except ImageDecodeError:
             continue
+
+
+def test_rle_segments_that_overrun_the_frame_do_not_reach_the_rust_decoder() -> None:
+    """pylibjpeg-rle panics (a BaseException) on this; pydicom's own RLE decoder copes."""
+    ds = read_dicom(file_bytes("MR_small_RLE.dcm"))
+    segment = bytes([0x81, 0x07]) * 40  # 40 replicate runs of 128 bytes: 5120 > 4096 per segment
+    header = struct.pack("<16L", 2, 64, 64 + len(segment), *([0] * 13))  # PS3.5 G.5 RLE header
+    ds.PixelData = encapsulate([header + segment + segment])
+    image = decode_dicom(ds)
+    assert image.pixels.shape == (64, 64) and (image.pixels == 255).all()  # 0x0707 is above the window
+
+
+def test_rescale_slope_that_is_not_a_number() -> None:
+    ds = mr_small()
+    ds.RescaleSlope, ds.RescaleIntercept = [1, 2], 0
+    with pytest.raises(InconsistentPixelData, match="modality LUT / rescale values are unusable"):
+        decode_dicom(ds)

@@ -1,0 +1,94 @@
+"""Heatmaps, overlays and outlines at the original image resolution; RGB uint8 throughout.
+
+OpenCV works in BGR; the conversion happens here and nowhere else (colour maps and PNG
+encoding), so every array this module returns or accepts is RGB.
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from models.errors import InvalidImageArray
+
+RgbImage = npt.NDArray[np.uint8]
+CamMap = npt.NDArray[np.float32]
+CONTOUR_RGB = (0, 255, 0)
+
+
+@dataclass(frozen=True)
+class BoundingBox:
+    """Axis-aligned box in original-image pixels: top-left corner, width and height."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+def encode_png(img: npt.NDArray[np.uint8]) -> bytes:
+    """PNG bytes of an HxW grey or HxWx3 RGB uint8 image."""
+    pixels = _check_pixels(img)
+    if pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise InvalidImageArray(f"PNG encoding failed for an image of shape {img.shape}")
+    return bytes(encoded.tobytes())
+
+
+def resize_cam(cam: CamMap, size: tuple[int, int]) -> CamMap:
+    """Bilinear resize of a 0..1 map to (height, width), clipped back to 0..1."""
+    if cam.ndim != 2 or cam.size == 0:
+        raise InvalidImageArray(f"expected a 2-D CAM, got shape {cam.shape}")
+    height, width = size
+    resized = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+
+
+def heatmap_rgb(cam: CamMap, size: tuple[int, int], colormap: int = cv2.COLORMAP_JET) -> RgbImage:
+    """The map resized to ``size`` and coloured (JET: 0 = blue, 1 = red)."""
+    levels = np.round(resize_cam(cam, size) * 255.0).astype(np.uint8)
+    return np.asarray(cv2.cvtColor(cv2.applyColorMap(levels, colormap), cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
+def overlay(image: npt.NDArray[np.uint8], cam: CamMap, alpha: float = 0.4) -> RgbImage:
+    """The heatmap blended over the original at the original resolution."""
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidImageArray(f"alpha must be within 0..1, got {alpha}")
+    base = as_rgb(image)
+    heat = heatmap_rgb(cam, base.shape[:2])
+    return np.asarray(cv2.addWeighted(heat, alpha, base, 1.0 - alpha, 0.0), dtype=np.uint8)
+
+
+def contour(
+    image: npt.NDArray[np.uint8], cam: CamMap, threshold: float = 0.5
+) -> tuple[RgbImage, BoundingBox | None]:
+    """Outline the largest region where the map reaches ``threshold``; its box, or None if empty."""
+    base = as_rgb(image).copy()
+    mask = (resize_cam(cam, base.shape[:2]) >= threshold).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return base, None
+    largest = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
+    thickness = max(1, round(min(base.shape[:2]) / 200))
+    cv2.drawContours(base, [largest], -1, CONTOUR_RGB, thickness)
+    x, y, width, height = cv2.boundingRect(largest)
+    return base, BoundingBox(x=int(x), y=int(y), width=int(width), height=int(height))
+
+
+def as_rgb(image: npt.NDArray[np.uint8]) -> RgbImage:
+    """Grey HxW promoted to HxWx3; RGB passed through."""
+    pixels = _check_pixels(image)
+    if pixels.ndim == 2:
+        return np.asarray(cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB), dtype=np.uint8)
+    return pixels
+
+
+def _check_pixels(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    if image.dtype != np.uint8:
+        raise InvalidImageArray(f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3) or 0 in image.shape:
+        raise InvalidImageArray(f"expected HxW or HxWx3 pixels, got shape {image.shape}")
+    return np.ascontiguousarray(image)

@@ -1,0 +1,201 @@
+"""Store validated files: blob, study/series/instance rows and a queued analysis job each.
+
+Runs inside the request's unit of work (``service.deps.DbSession``): it only flushes, and
+the caller's commit makes the whole request durable at once; a failure rolls every row
+back and ``track_new_blob`` makes the unit of work delete the blobs this request wrote.
+The same SOP Instance UID (PS3.3 C.12.1.1.1) twice is one instance and one job.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.session import begin_write, forget_new_blob, track_new_blob
+from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, utcnow
+from service.db.triage import recompute_study
+from service.errors import Conflict
+from service.ingest.dicom_meta import InstanceMeta
+from service.ingest.reading import ParsedFile, refusing
+from service.ingest.schemas import UploadedInstance
+from service.queue import enqueue_after_commit
+from service.settings import Settings
+from service.storage import BlobStore
+
+logger = logging.getLogger(__name__)
+INSERT_ATTEMPTS = 2  # a lost race on a new study/series row is retried once; it then exists
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What one file became: new or existing rows."""
+
+    entry: UploadedInstance
+    study_id: uuid.UUID
+    source_kind: str
+
+
+def store_files(
+    db: Session, store: BlobStore, files: Sequence[ParsedFile], *, priority: int | None, settings: Settings
+) -> list[Stored]:
+    """Store every file, recompute the triage state of each touched study, queue the new jobs."""
+    begin_write(db)
+    stored: list[Stored] = []
+    for parsed in files:
+        with refusing(parsed.index, parsed.filename):
+            stored.append(store_one(db, store, parsed, priority=priority))
+    for study_id in dict.fromkeys(item.study_id for item in stored):
+        recompute_study(db, study_id)
+    new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate]
+    enqueue_after_commit(db, new_jobs, settings)
+    return stored
+
+
+def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: int | None) -> Stored:
+    """One instance: the existing one for a known SOP Instance UID, else blob + rows + job."""
+    meta = parsed.meta
+    existing = find_instance(db, meta.sop_instance_uid)
+    if existing is not None:
+        logger.info("duplicate instance", extra={"instance_id": str(existing.entry.instance_id)})
+        return existing
+    key, created = store.put(parsed.data)
+    if created:
+        track_new_blob(db, key)
+    for _ in range(INSERT_ATTEMPTS):
+        try:
+            with db.begin_nested():  # SAVEPOINT: a lost race rolls back only this instance
+                instance, job = _insert_rows(db, meta, key, len(parsed.data), priority)
+        except IntegrityError:
+            winner = find_instance(db, meta.sop_instance_uid)
+            if winner is None:
+                continue  # the race was on the study or series row; it exists now
+            _drop_unused_blob(db, store, key, created=created, winner=winner)
+            return winner
+        logger.info("instance stored", extra={"instance_id": str(instance.id), "study_id": str(instance.study_id)})
+        entry = UploadedInstance(
+            sop_instance_uid=meta.sop_instance_uid,
+            study_instance_uid=meta.study_instance_uid,
+            instance_id=instance.id,
+            job_id=job.id,
+            duplicate=False,
+        )
+        return Stored(entry, instance.study_id, meta.source_kind)
+    raise Conflict("the instance's study or series was changed concurrently; send it again")
+
+
+def find_instance(db: Session, sop_instance_uid: str) -> Stored | None:
+    """The stored instance with this SOP Instance UID, answered as a duplicate."""
+    row = db.execute(
+        select(Instance.id, Instance.study_id, Instance.source_kind, Instance.blob_key,
+               Study.study_instance_uid, AnalysisJob.id.label("job_id"))
+        .join(Study, Study.id == Instance.study_id)
+        .outerjoin(AnalysisJob, AnalysisJob.instance_id == Instance.id)
+        .where(Instance.sop_instance_uid == sop_instance_uid)
+    ).first()  # fmt: skip
+    if row is None:
+        return None
+    entry = UploadedInstance(
+        sop_instance_uid=sop_instance_uid,
+        study_instance_uid=row.study_instance_uid,
+        instance_id=row.id,
+        job_id=row.job_id,
+        duplicate=True,
+    )
+    return Stored(entry, row.study_id, row.source_kind)
+
+
+def _drop_unused_blob(db: Session, store: BlobStore, key: str, *, created: bool, winner: Stored) -> None:
+    """After a lost race, delete the blob this request wrote unless the winning row uses it."""
+    if not created:
+        return
+    forget_new_blob(db, key)
+    winner_key = db.scalar(select(Instance.blob_key).where(Instance.id == winner.entry.instance_id))
+    if winner_key != key:
+        store.delete(key)
+
+
+def _insert_rows(
+    db: Session, meta: InstanceMeta, key: str, size: int, priority: int | None
+) -> tuple[Instance, AnalysisJob]:
+    study = _upsert_study(db, meta, priority)
+    series = _upsert_series(db, study, meta)
+    instance = Instance(
+        id=uuid.uuid4(),
+        series_id=series.id,
+        study_id=study.id,
+        sop_instance_uid=meta.sop_instance_uid,
+        sop_class_uid=meta.sop_class_uid,
+        instance_number=meta.instance_number,
+        source_kind=meta.source_kind,
+        transfer_syntax_uid=meta.transfer_syntax_uid,
+        blob_key=key,
+        blob_size=size,
+        rows=meta.rows,
+        columns=meta.columns,
+        frame_count=meta.frame_count,
+    )
+    job = AnalysisJob(id=uuid.uuid4(), instance_id=instance.id, status=JobStatus.queued, enqueued_at=utcnow())
+    db.add_all([instance, job])
+    db.flush()
+    return instance, job
+
+
+def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None) -> Study:
+    """The study row; a later instance fills attributes the first one lacked, never overwrites."""
+    study = db.scalar(select(Study).where(Study.study_instance_uid == meta.study_instance_uid))
+    values = {
+        "patient_id": meta.patient_id,
+        "patient_name": meta.patient_name,
+        "accession_number": meta.accession_number,
+        "study_date": meta.study_date,
+        "study_time": meta.study_time,
+        "modality": meta.modality,
+        "body_part": meta.body_part,
+        "description": meta.study_description,
+    }
+    if study is None:
+        study = Study(
+            id=uuid.uuid4(),
+            study_instance_uid=meta.study_instance_uid,
+            synthetic=meta.synthetic,
+            clinical_priority=priority or 0,
+            **values,
+        )
+        db.add(study)
+        db.flush()
+        return study
+    _fill_missing(study, values)
+    if priority is not None and priority > study.clinical_priority:
+        study.clinical_priority = priority  # raised by a later upload, never lowered by one
+    return study
+
+
+def _upsert_series(db: Session, study: Study, meta: InstanceMeta) -> Series:
+    series = db.scalar(select(Series).where(Series.series_instance_uid == meta.series_instance_uid))
+    values = {
+        "series_number": meta.series_number,
+        "modality": meta.modality,
+        "body_part": meta.body_part,
+        "description": meta.series_description,
+    }
+    if series is None:
+        series = Series(id=uuid.uuid4(), study_id=study.id, series_instance_uid=meta.series_instance_uid, **values)
+        db.add(series)
+        db.flush()
+        return series
+    if series.study_id != study.id:
+        raise Conflict("(0020,000E) Series Instance UID already belongs to another study")
+    _fill_missing(series, values)
+    return series
+
+
+def _fill_missing(row: Study | Series, values: dict[str, object]) -> None:
+    for name, value in values.items():
+        if value is not None and getattr(row, name) is None:
+            setattr(row, name, value)

@@ -1,0 +1,162 @@
+// Sightline pages. Data comes from the API with the reader's bearer token; every value is
+// written with textContent (never innerHTML), so nothing a PACS sends can run as script.
+"use strict";
+const Sightline = (() => {
+  const PRIORITY = ["routine", "urgent", "stat"];
+  const token = () => sessionStorage.getItem("sightline.token");
+
+  function el(tag, text, cls) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+
+  function requireLogin(onReady) {
+    const form = document.getElementById("login");
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem("sightline.token", document.getElementById("token").value.trim());
+      form.style.display = "none";
+      onReady();
+    });
+    if (token()) onReady(); else form.style.display = "flex";
+  }
+
+  async function api(path) {
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+    if (response.status === 401) {
+      sessionStorage.removeItem("sightline.token");
+      document.getElementById("login").style.display = "flex";
+    }
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : response.statusText);
+    }
+    return response;
+  }
+
+  async function imageUrl(path) {
+    const blob = await (await api(path)).blob();
+    return URL.createObjectURL(blob);
+  }
+
+  const fmtScore = (s) => (s === null || s === undefined ? "—" : s.toFixed(3));
+
+  function worklistRow(study) {
+    const tr = el("tr", undefined, "row");
+    tr.dataset.uid = study.study_instance_uid;
+    const score = el("td", fmtScore(study.triage_score), "score");
+    if (study.triage_score >= 0.5) score.classList.add("hi");
+    tr.append(el("td", PRIORITY[study.clinical_priority] || study.clinical_priority), score,
+      el("td", study.predicted_label || "—"), el("td", study.status), el("td", study.patient_id),
+      el("td", study.accession_number), el("td", study.study_date),
+      el("td", (study.synthetic ? "[SYNTHETIC] " : "") + (study.description || "")),
+      el("td", new Date(study.received_at).toLocaleString()));
+    tr.addEventListener("click", () => {
+      location.href = `/studies/${encodeURIComponent(study.study_instance_uid)}`;
+    });
+    return tr;
+  }
+
+  function worklistPage() {
+    let cursor = null;
+    const rows = document.getElementById("rows");
+    const more = document.getElementById("more");
+    const message = document.getElementById("message");
+    async function load(reset) {
+      if (reset) { cursor = null; rows.replaceChildren(); }
+      const params = new URLSearchParams({ limit: "50" });
+      const status = document.getElementById("status").value;
+      if (status) params.set("status", status);
+      if (cursor) params.set("cursor", cursor);
+      try {
+        const page = await (await api(`/api/v1/worklist?${params}`)).json();
+        page.items.forEach((study) => rows.append(worklistRow(study)));
+        cursor = page.next_cursor;
+        more.hidden = !cursor;
+        message.textContent = rows.children.length ? "" : "No studies.";
+      } catch (error) { message.textContent = error.message; }
+    }
+    document.getElementById("refresh").addEventListener("click", () => load(true));
+    document.getElementById("status").addEventListener("change", () => load(true));
+    more.addEventListener("click", () => load(false));
+    requireLogin(() => load(true));
+  }
+
+  function probabilitiesTable(probabilities) {
+    const table = el("table");
+    Object.entries(probabilities).sort((a, b) => b[1] - a[1]).forEach(([label, p]) => {
+      const tr = el("tr");
+      tr.append(el("td", label), el("td", p.toFixed(3), "score"));
+      table.append(tr);
+    });
+    return table;
+  }
+
+  async function instanceView(instance) {
+    const box = el("section");
+    box.append(el("h3", `Instance ${instance.instance_number ?? ""} · ${instance.sop_instance_uid}`));
+    const result = instance.result;
+    if (!result) {
+      box.append(el("p", `Analysis ${instance.job ? instance.job.status : "not queued"}` +
+        (instance.job && instance.job.error_code ? ` (${instance.job.error_code})` : ""), "muted"));
+      return box;
+    }
+    const base = `/api/v1/instances/${encodeURIComponent(instance.sop_instance_uid)}`;
+    const viewer = el("div", undefined, "viewer");
+    const stack = el("div", undefined, "stack");
+    const original = el("img");
+    original.alt = "original image";
+    const heat = el("img", undefined, "layer");
+    heat.alt = "Grad-CAM heatmap";
+    const outline = el("img", undefined, "layer");
+    outline.alt = "contour";
+    outline.hidden = true;
+    stack.append(original, heat, outline);
+    [original.src, heat.src, outline.src] = await Promise.all(
+      ["original.png", "heatmap.png", "contour.png"].map((name) => imageUrl(`${base}/${name}`)));
+    heat.style.opacity = "0.4";
+    const panel = el("div", undefined, "panel");
+    const slider = el("input");
+    Object.assign(slider, { type: "range", min: "0", max: "100", value: "40", id: "opacity" });
+    slider.setAttribute("aria-label", "heatmap opacity");
+    slider.addEventListener("input", () => { heat.style.opacity = String(slider.value / 100); });
+    const contourToggle = el("input");
+    Object.assign(contourToggle, { type: "checkbox", id: "contour" });
+    contourToggle.addEventListener("change", () => {
+      outline.hidden = !contourToggle.checked;
+      heat.hidden = contourToggle.checked;
+    });
+    const sliderLabel = el("label", "Heatmap opacity ");
+    sliderLabel.append(slider);
+    const toggleLabel = el("label", " Contour and box ");
+    toggleLabel.append(contourToggle);
+    panel.append(el("p", `Prediction: ${result.label} · tumour score ${fmtScore(result.tumour_score)}`),
+      probabilitiesTable(result.probabilities),
+      el("p", `Model ${result.model_name} ${result.model_version} (sha256 ${result.model_sha256.slice(0, 12)}…), ` +
+        `${result.cam_method}`, "muted"), sliderLabel, toggleLabel);
+    viewer.append(stack, panel);
+    box.append(viewer);
+    return box;
+  }
+
+  function studyPage() {
+    const uid = decodeURIComponent(location.pathname.split("/").pop());
+    requireLogin(async () => {
+      const summary = document.getElementById("summary");
+      try {
+        const study = await (await api(`/api/v1/studies/${encodeURIComponent(uid)}`)).json();
+        summary.textContent = `${study.synthetic ? "[SYNTHETIC] " : ""}${study.description || ""} · ` +
+          `patient ${study.patient_id || "—"} · ${study.status} · triage score ${fmtScore(study.triage_score)}`;
+        const container = document.getElementById("instances");
+        for (const series of study.series) {
+          container.append(el("h2", `Series ${series.series_number ?? ""} ${series.description || ""}`));
+          for (const instance of series.instances) container.append(await instanceView(instance));
+        }
+      } catch (error) { summary.textContent = error.message; }
+    });
+  }
+
+  return { worklistPage, studyPage };
+})();

@@ -1,0 +1,146 @@
+"""Query and response models of the worklist, study and image endpoints."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.db.tables import JobStatus, StudyStatus
+
+DISCLAIMER = "Research use only. Not a medical device."
+
+
+class ImageKind(str, enum.Enum):
+    """The four pictures of an analysed instance (the original is also rendered before analysis)."""
+
+    original = "original"
+    heatmap = "heatmap"
+    overlay = "overlay"
+    contour = "contour"
+
+
+class WorklistQuery(BaseModel):
+    """Filters and keyset paging of ``GET /api/v1/worklist``; every filter is optional."""
+
+    model_config = {"extra": "forbid"}
+
+    status: StudyStatus | None = None
+    label: str | None = Field(None, max_length=64, description="Predicted label of the study")
+    min_score: float | None = Field(None, ge=0.0, le=1.0, description="Triage score at least this")
+    modality: str | None = Field(None, max_length=16)
+    date_from: date | None = Field(None, description="Study date on or after (inclusive)")
+    date_to: date | None = Field(None, description="Study date on or before (inclusive)")
+    patient_id: str | None = Field(None, max_length=64)
+    received_after: datetime | None = Field(None, description="Received at or after (inclusive)")
+    received_before: datetime | None = Field(None, description="Received before (exclusive)")
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=512, description="next_cursor of the previous page")
+
+
+class WorklistRow(BaseModel):
+    study_instance_uid: str
+    accession_number: str | None
+    patient_id: str | None
+    patient_name: str | None
+    study_date: date | None
+    modality: str | None
+    body_part: str | None
+    description: str | None
+    status: StudyStatus
+    triage_score: float | None
+    predicted_label: str | None
+    key_instance_sop_uid: str | None
+    instance_count: int
+    received_at: datetime
+    clinical_priority: int
+    synthetic: bool
+
+
+class WorklistPage(BaseModel):
+    items: list[WorklistRow]
+    next_cursor: str | None = Field(description="Pass as ``cursor`` for the next page; null on the last")
+
+
+class JobView(BaseModel):
+    id: uuid.UUID
+    status: JobStatus
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    enqueued_at: datetime | None
+    finished_at: datetime | None
+
+
+class BoundingBox(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class ImageUrls(BaseModel):
+    original: str
+    heatmap: str
+    overlay: str
+    contour: str
+
+
+class ResultView(BaseModel):
+    label: str
+    tumour_score: float
+    probabilities: dict[str, Any]
+    model_name: str
+    model_version: str
+    model_sha256: str
+    cam_method: str
+    bbox: BoundingBox | None
+    timings_ms: dict[str, Any]
+    created_at: datetime
+    images: ImageUrls
+
+
+class InstanceView(BaseModel):
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    instance_number: int | None
+    source_kind: str
+    rows: int
+    columns: int
+    frame_count: int
+    original_url: str = Field(description="Rendered from the stored file until a result exists")
+    job: JobView | None
+    result: ResultView | None
+
+
+class SeriesView(BaseModel):
+    series_instance_uid: str
+    series_number: int | None
+    modality: str | None
+    body_part: str | None
+    description: str | None
+    instances: list[InstanceView]
+
+
+class StudyDetail(BaseModel):
+    study_instance_uid: str
+    accession_number: str | None
+    patient_id: str | None
+    patient_name: str | None
+    study_date: date | None
+    study_time: str | None
+    modality: str | None
+    body_part: str | None
+    description: str | None
+    status: StudyStatus
+    triage_score: float | None
+    predicted_label: str | None
+    key_instance_sop_uid: str | None
+    clinical_priority: int
+    synthetic: bool
+    received_at: datetime
+    series: list[SeriesView]
+    disclaimer: str = DISCLAIMER

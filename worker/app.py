@@ -1,0 +1,76 @@
+"""The Celery app of the analysis workers.
+
+The database, not the broker, is the truth about a job (DESIGN.md, "The flow"): no result
+backend, messages acknowledged late, and a reconciler on the beat schedule re-sends jobs
+whose message was lost or whose worker died.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from service.logging_setup import configure_logging
+from service.queue import ANALYSIS_QUEUE, RECONCILE_TASK
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Redis re-delivers an unacknowledged message after this many seconds; it must exceed the
+# job deadline so a slow but alive worker is not doubled by the broker before the
+# reconciler would have judged it stuck.
+MIN_VISIBILITY_TIMEOUT_S = 3600
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for at-least-once delivery of analysis jobs."""
+    app = Celery("sightline", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=ANALYSIS_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": max(MIN_VISIBILITY_TIMEOUT_S, 2 * settings.job_deadline_seconds),
+        },
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "reconcile-jobs": {
+                "task": RECONCILE_TASK,
+                "schedule": settings.reconcile_interval_seconds,
+                "options": {"queue": ANALYSIS_QUEUE, "expires": settings.reconcile_interval_seconds},
+            }
+        },
+    )
+    return app
+
+
+celery_app = make_celery(get_settings())
+
+
+@signals.setup_logging.connect  # type: ignore[untyped-decorator]
+def _configure_json_logging(**_: Any) -> None:
+    """Replace Celery's own logging set-up with Sightline's JSON logs."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+def _load_classifier(**_: Any) -> None:
+    """Load the model once per pool process (prefork children and the solo pool alike).
+
+    A broken model stops the process here, loudly, instead of failing every job.
+    """
+    from worker.classifier import worker_classifier
+
+    classifier = worker_classifier(get_settings())
+    logger.info(
+        "classifier loaded",
+        extra={"model": classifier.manifest.name, "model_sha256": classifier.model_sha256},
+    )

@@ -1,0 +1,33 @@
+"""One Classifier per worker process, built on first use and kept for the process's life."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.inference import Classifier
+from models.registry import get_manifest
+from service.settings import Settings
+
+_ClassifierKey = tuple[str, Path | None, Path, int]
+_LOADED: dict[_ClassifierKey, Classifier] = {}
+
+
+def load_classifier(settings: Settings) -> Classifier:
+    """Build the configured model (the library caches its CAM-ready form on disk)."""
+    extra_dirs = [settings.model_manifest_dir] if settings.model_manifest_dir else []
+    manifest = get_manifest(settings.model_name, extra_dirs)
+    threads = settings.onnx_threads or None
+    return Classifier(manifest, cache_dir=settings.model_cache_dir, intra_op_threads=threads)
+
+
+def worker_classifier(settings: Settings) -> Classifier:
+    """The process-wide classifier for ``settings``: loaded once, then reused by every job.
+
+    Works for every pool: prefork children warm it in ``worker_process_init``, the solo
+    pool in the same signal, and a task that finds it cold loads it here.
+    """
+    key = (settings.model_name, settings.model_manifest_dir, settings.model_cache_dir, settings.onnx_threads)
+    classifier = _LOADED.get(key)
+    if classifier is None:
+        classifier = _LOADED[key] = load_classifier(settings)
+    return classifier

@@ -1,0 +1,52 @@
+"""Celery tasks: thin glue from a broker message to the pipeline. Names are the contract
+with the gateway, which sends them by name (``service.queue``)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from typing import Any
+
+from celery import Task
+
+from service.queue import ANALYSE_TASK, RECONCILE_TASK
+from service.settings import get_settings
+from worker.app import celery_app
+from worker.classifier import worker_classifier
+from worker.pipeline import TRANSIENT_ERRORS, analyse_job
+from worker.reconcile import reconcile_jobs
+
+logger = logging.getLogger(__name__)
+
+# Exponential backoff with full jitter, capped well below the broker's visibility timeout.
+RETRY_BACKOFF_S = 2
+RETRY_BACKOFF_MAX_S = 300
+
+
+@celery_app.task(  # type: ignore[untyped-decorator]
+    name=ANALYSE_TASK,
+    bind=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=RETRY_BACKOFF_S,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=get_settings().job_max_attempts,
+)
+def analyse_instance(self: Task[Any, Any], job_id: str) -> str:
+    """Analyse the instance of one job; the job row says whether there is anything to do."""
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        logger.error("malformed job id in message; dropped")
+        return "skipped"
+    settings = get_settings()
+    classifier = worker_classifier(settings)
+    worker_name = self.request.hostname or socket.gethostname()
+    return analyse_job(parsed, settings=settings, classifier=classifier, worker_name=worker_name).value
+
+
+@celery_app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
+def reconcile() -> dict[str, int]:
+    """Re-send or fail jobs stuck past the deadline (scheduled by beat)."""
+    return reconcile_jobs(get_settings()).as_dict()
