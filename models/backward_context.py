@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +28,7 @@ class BackwardContext:
         self._count += 1
         return f"camready/{hint}_{self._count}"
 
-    def emit(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+    def emit(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         """Append one node and return the name of its (first) output."""
         output = self.fresh(op_type.lower())
         name = self.fresh(f"{op_type}_node")

@@ -126,6 +126,4 @@ def verify_model_file(path: Path, expected_sha256: str) -> None:
     """Refuse a model file whose bytes are not the ones the manifest vouches for."""
     actual = file_sha256(path)
     if actual != expected_sha256:
-        raise ModelFileMismatch(
-            f"ONNX file {path} has sha256 {actual}, but its manifest declares {expected_sha256}"
-        )
+        raise ModelFileMismatch(f"ONNX file {path} has sha256 {actual}, but its manifest declares {expected_sha256}")

@@ -21,11 +21,11 @@ def preprocess(image: npt.NDArray[np.uint8], manifest: ModelManifest) -> FloatAr
     if manifest.center_crop is not None:
         pixels = center_crop(pixels, manifest.center_crop)
     pixels = _resize(pixels, manifest.input_size)
-    tensor = pixels.astype(np.float32) * np.float32(manifest.scale)
+    tensor: FloatArray = pixels.astype(np.float32) * np.float32(manifest.scale)
     if manifest.mean is not None:
-        tensor = tensor - np.asarray(manifest.mean, dtype=np.float32)
+        tensor = np.subtract(tensor, np.asarray(manifest.mean, dtype=np.float32), dtype=np.float32)
     if manifest.std is not None:
-        tensor = tensor / np.asarray(manifest.std, dtype=np.float32)
+        tensor = np.divide(tensor, np.asarray(manifest.std, dtype=np.float32), dtype=np.float32)
     if manifest.input_layout == "NCHW":
         tensor = tensor.transpose(2, 0, 1)
     return np.ascontiguousarray(tensor[np.newaxis], dtype=np.float32)

@@ -30,9 +30,7 @@ class BoundingBox:
 def encode_png(img: npt.NDArray[np.uint8]) -> bytes:
     """PNG bytes of an HxW grey or HxWx3 RGB uint8 image."""
     pixels = _check_pixels(img)
-    if pixels.ndim == 3:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", pixels)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels)
     if not ok:
         raise InvalidImageArray(f"PNG encoding failed for an image of shape {img.shape}")
     return bytes(encoded.tobytes())
@@ -62,9 +60,7 @@ def overlay(image: npt.NDArray[np.uint8], cam: CamMap, alpha: float = 0.4) -> Rg
     return np.asarray(cv2.addWeighted(heat, alpha, base, 1.0 - alpha, 0.0), dtype=np.uint8)
 
 
-def contour(
-    image: npt.NDArray[np.uint8], cam: CamMap, threshold: float = 0.5
-) -> tuple[RgbImage, BoundingBox | None]:
+def contour(image: npt.NDArray[np.uint8], cam: CamMap, threshold: float = 0.5) -> tuple[RgbImage, BoundingBox | None]:
     """Outline the largest region where the map reaches ``threshold``; its box, or None if empty."""
     base = as_rgb(image).copy()
     mask = (resize_cam(cam, base.shape[:2]) >= threshold).astype(np.uint8)

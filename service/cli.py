@@ -82,11 +82,13 @@ def _models_list(_: argparse.Namespace) -> int:
 
 def _models_prepare(_: argparse.Namespace) -> int:
     """Build the CAM-ready model into the cache now, so workers start without the one-off build."""
-    from models.registry import load_classifier
+    from models.inference import Classifier
+    from models.registry import get_manifest
 
     settings = get_settings()
     settings.ensure_dirs()
-    classifier = load_classifier(settings.model_name, settings.model_cache_dir, settings.model_manifest_dir)
+    extra = [settings.model_manifest_dir] if settings.model_manifest_dir else []
+    classifier = Classifier(get_manifest(settings.model_name, extra), cache_dir=settings.model_cache_dir)
     print(f"{classifier.manifest.name} {classifier.manifest.version} ready in {settings.model_cache_dir}")
     return 0
 

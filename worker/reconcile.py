@@ -52,18 +52,14 @@ def reconcile_jobs(settings: Settings, *, now: datetime | None = None) -> Reconc
     """Re-queue or fail every stuck job (one batch); several reconcilers may run at once."""
     now = now or utcnow()
     with unit_of_work(settings) as db:
-        rows = (
-            db.execute(
-                select(AnalysisJob, Instance.study_id)
-                .join(Instance, AnalysisJob.instance_id == Instance.id)
-                .where(stuck_jobs(deadline_cutoff(settings, now)))
-                .order_by(AnalysisJob.created_at)
-                .limit(BATCH_SIZE)
-                .with_for_update(skip_locked=True, of=AnalysisJob)
-            )
-            .tuples()
-            .all()
-        )
+        rows = db.execute(
+            select(AnalysisJob, Instance.study_id)
+            .join(Instance, AnalysisJob.instance_id == Instance.id)
+            .where(stuck_jobs(deadline_cutoff(settings, now)))
+            .order_by(AnalysisJob.created_at)
+            .limit(BATCH_SIZE)
+            .with_for_update(skip_locked=True, of=AnalysisJob)
+        ).all()
         requeue: list[uuid.UUID] = []
         failed_studies: set[uuid.UUID] = set()
         for job, study_id in rows:

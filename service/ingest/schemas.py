@@ -8,7 +8,7 @@ import uuid
 from pydantic import BaseModel, Field
 
 
-class ClinicalPriority(str, enum.Enum):
+class ClinicalPriority(enum.StrEnum):
     """How urgent the referring clinician says the study is; stored as 0/1/2 on the study."""
 
     routine = "routine"
@@ -24,7 +24,7 @@ class UploadedInstance(BaseModel):
     sop_instance_uid: str
     study_instance_uid: str
     instance_id: uuid.UUID
-    job_id: uuid.UUID | None = Field(description="The instance's analysis job (null only for an instance stored without one)")
+    job_id: uuid.UUID | None = Field(description="The instance's analysis job (null only if it has none)")
     duplicate: bool = Field(description="True when this SOP Instance UID was already stored; nothing re-stored")
 
 

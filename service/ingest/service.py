@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -52,7 +52,7 @@ def store_files(
             stored.append(store_one(db, store, parsed, priority=priority))
     for study_id in dict.fromkeys(item.study_id for item in stored):
         recompute_study(db, study_id)
-    new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate]
+    new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
     enqueue_after_commit(db, new_jobs, settings)
     return stored
 
@@ -195,7 +195,7 @@ def _upsert_series(db: Session, study: Study, meta: InstanceMeta) -> Series:
     return series
 
 
-def _fill_missing(row: Study | Series, values: dict[str, object]) -> None:
+def _fill_missing(row: Study | Series, values: Mapping[str, object]) -> None:
     for name, value in values.items():
         if value is not None and getattr(row, name) is None:
             setattr(row, name, value)

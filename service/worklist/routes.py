@@ -1,5 +1,69 @@
-"""Worklist (placeholder while being written)."""
+"""Radiologist endpoints: the triaged worklist, a study's detail, and its PNG pictures."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from service.deps import AppSettings, DbSession, Reader, Store
+from service.errors import BadRequest, Forbidden, NotFound, Unauthenticated, UnprocessableInput, error_responses
+from service.worklist import service as worklist_service
+from service.worklist.images import instance_png
+from service.worklist.schemas import ImageKind, StudyDetail, WorklistPage, WorklistQuery
+
+# Patient images: only the user's own browser may keep them, and not for long.
+IMAGE_CACHE_CONTROL = "private, max-age=300"
 
 router = APIRouter(tags=["worklist"])
+
+
+@router.get(
+    "/worklist",
+    response_model=WorklistPage,
+    summary="Triaged worklist: clinical priority, then AI suspicion, then age",
+    responses=error_responses(BadRequest, Unauthenticated, Forbidden, UnprocessableInput),
+)
+def list_worklist(db: DbSession, _: Reader, query: Annotated[WorklistQuery, Query()]) -> WorklistPage:
+    """One row per study, ordered by clinical priority, then AI suspicion, then age.
+
+    Order: ``clinical_priority`` descending, ``triage_score`` descending (unscored last),
+    ``received_at`` ascending (the oldest first within equal scores), then the study id.
+    Keyset-paged: pass ``next_cursor`` back as ``cursor``. Studies that arrive meanwhile
+    never make a page repeat or skip a study whose score did not change between pages.
+    """
+    return worklist_service.page(db, query)
+
+
+@router.get(
+    "/studies/{study_uid}",
+    response_model=StudyDetail,
+    summary="A study with its series, instances, jobs and latest results",
+    responses=error_responses(Unauthenticated, Forbidden, NotFound),
+)
+def get_study(db: DbSession, _: Reader, request: Request, study_uid: str) -> StudyDetail:
+    """Image URLs are paths on this server, never built from the request's Host header."""
+
+    def image_url(sop_uid: str, kind: ImageKind) -> str:
+        return request.url_for("instance_image", sop_uid=sop_uid, kind=kind.value).path
+
+    return worklist_service.study_detail(db, study_uid, image_url)
+
+
+@router.get(
+    "/instances/{sop_uid}/{kind}.png",
+    name="instance_image",
+    response_class=Response,
+    summary="original, heatmap, overlay or contour picture of an instance (image/png)",
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The PNG picture"},
+        **error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
+    },
+)
+def get_instance_image(
+    db: DbSession, store: Store, settings: AppSettings, _: Reader, sop_uid: str, kind: ImageKind
+) -> Response:
+    """The latest result's picture; before a result, ``original`` is rendered from the stored
+    file and the other three answer 404 ``result_not_ready``."""
+    png = instance_png(db, store, sop_uid, kind, max_pixels=settings.max_image_pixels)
+    return Response(png, media_type="image/png", headers={"Cache-Control": IMAGE_CACHE_CONTROL})

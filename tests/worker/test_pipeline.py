@@ -111,7 +111,8 @@ def test_two_instances_key_instance_is_the_most_suspicious(settings, classifier,
     assert run(settings, classifier, second.job_id) is Outcome.succeeded
 
     with unit_of_work(settings) as db:
-        scores = dict(db.execute(select(AnalysisResult.instance_id, AnalysisResult.tumour_score)).tuples())
+        rows = db.execute(select(AnalysisResult.instance_id, AnalysisResult.tumour_score))
+        scores = {row.instance_id: row.tumour_score for row in rows}
         study = db.get_one(Study, first.study_id)
         assert study.status is StudyStatus.analysed
         assert study.triage_score == pytest.approx(max(scores.values()))

@@ -1,0 +1,64 @@
+"""The PNG pictures of an instance: the worker's renderings, or the original rendered now.
+
+The worker stores four PNGs per result (original, heatmap, overlay, contour). Before a
+result exists only the original can be shown; it is decoded from the stored file (DICOM
+pixels through the Modality and VOI LUTs, PS3.3 C.11) and encoded here.
+"""
+
+from __future__ import annotations
+
+import cv2
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.pixels import decode_image
+from service.db.tables import AnalysisResult, Instance
+from service.errors import NotFound
+from service.storage import BlobStore
+from service.worklist.schemas import ImageKind
+
+
+class InstanceNotFound(NotFound):
+    code = "instance_not_found"
+
+
+class ResultNotReady(NotFound):
+    code = "result_not_ready"
+
+
+def instance_png(db: Session, store: BlobStore, sop_uid: str, kind: ImageKind, *, max_pixels: int) -> bytes:
+    """PNG bytes of picture ``kind`` of the instance, from its latest result when there is one."""
+    instance = db.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+    if instance is None:
+        raise InstanceNotFound("no instance with this SOP Instance UID")
+    result = db.scalar(
+        select(AnalysisResult)
+        .where(AnalysisResult.instance_id == instance.id)
+        .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id.desc())
+        .limit(1)
+    )
+    if result is not None:
+        return store.get(_result_key(result, kind))
+    if kind is ImageKind.original:
+        return render_png(store.get(instance.blob_key), max_pixels=max_pixels)
+    raise ResultNotReady(f"the {kind.value} image exists once the instance is analysed")
+
+
+def _result_key(result: AnalysisResult, kind: ImageKind) -> str:
+    keys = {
+        ImageKind.original: result.original_key,
+        ImageKind.heatmap: result.heatmap_key,
+        ImageKind.overlay: result.overlay_key,
+        ImageKind.contour: result.contour_key,
+    }
+    return keys[kind]
+
+
+def render_png(data: bytes, *, max_pixels: int) -> bytes:
+    """Decode a stored DICOM/PNG/JPEG to display pixels and encode them as PNG."""
+    pixels = decode_image(data, max_pixels=max_pixels).pixels
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels  # OpenCV writes BGR
+    ok, encoded = cv2.imencode(".png", bgr)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the image as PNG")
+    return bytes(encoded.tobytes())

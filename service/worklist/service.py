@@ -1,0 +1,276 @@
+"""Worklist paging and the study view, read straight from the database (the source of truth).
+
+Order: clinical priority, then AI suspicion, then age, i.e. ``clinical_priority DESC,
+coalesce(triage_score, -1) DESC, received_at ASC, id ASC``: unscored studies sort below
+every scored one, and within equal scores the oldest study comes first.
+
+Paging is keyset on that whole tuple (the cursor holds the last row's key), never OFFSET:
+studies that arrive while someone pages sort wherever they belong without shifting the
+rows still to come, so no page repeats or skips a study whose sort key did not change
+between the requests. A study whose triage score changes in between (its analysis
+finished) moves; it may then be seen twice or not at all in that pass, and the next
+refresh shows it in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.orm import Session, aliased, selectinload
+
+from service.db.tables import AnalysisJob, AnalysisResult, Instance, Series, Study
+from service.errors import BadRequest, NotFound
+from service.worklist.schemas import (
+    BoundingBox,
+    ImageKind,
+    ImageUrls,
+    InstanceView,
+    JobView,
+    ResultView,
+    SeriesView,
+    StudyDetail,
+    WorklistPage,
+    WorklistQuery,
+    WorklistRow,
+)
+
+ImageUrl = Callable[[str, ImageKind], str]
+UNSCORED = -1.0
+sort_score = func.coalesce(Study.triage_score, UNSCORED)
+
+
+class InvalidCursor(BadRequest):
+    code = "invalid_cursor"
+
+
+class StudyNotFound(NotFound):
+    code = "study_not_found"
+
+
+class SortKey(NamedTuple):
+    priority: int
+    score: float
+    received_at: datetime
+    id: uuid.UUID
+
+
+def page(db: Session, query: WorklistQuery) -> WorklistPage:
+    """One page of the worklist plus the cursor of the next one."""
+    stmt = _worklist_select().where(*_filters(query))
+    if query.cursor is not None:
+        stmt = stmt.where(_after(decode_cursor(query.cursor)))
+    rows = db.execute(stmt.limit(query.limit + 1)).all()
+    items = [_row(row) for row in rows[: query.limit]]
+    more = len(rows) > query.limit
+    last = rows[query.limit - 1] if more else None
+    next_cursor = encode_cursor(_sort_key(last.Study)) if last is not None else None
+    return WorklistPage(items=items, next_cursor=next_cursor)
+
+
+def _worklist_select() -> Select[Any]:
+    key_instance = aliased(Instance)
+    instance_count = (
+        select(func.count(Instance.id)).where(Instance.study_id == Study.id).correlate(Study).scalar_subquery()
+    )
+    return (
+        select(Study, key_instance.sop_instance_uid.label("key_sop"), instance_count.label("instance_count"))
+        .outerjoin(key_instance, key_instance.id == Study.key_instance_id)
+        .order_by(Study.clinical_priority.desc(), sort_score.desc(), Study.received_at.asc(), Study.id.asc())
+    )
+
+
+def _filters(query: WorklistQuery) -> list[ColumnElement[bool]]:
+    """Every given filter narrows the list; received_* is the half-open interval [after, before)."""
+    conditions: list[ColumnElement[bool]] = []
+    if query.status is not None:
+        conditions.append(Study.status == query.status)
+    if query.label is not None:
+        conditions.append(Study.predicted_label == query.label)
+    if query.min_score is not None:
+        conditions.append(Study.triage_score >= query.min_score)
+    if query.modality is not None:
+        conditions.append(Study.modality == query.modality)
+    if query.date_from is not None:
+        conditions.append(Study.study_date >= query.date_from)
+    if query.date_to is not None:
+        conditions.append(Study.study_date <= query.date_to)
+    if query.patient_id is not None:
+        conditions.append(Study.patient_id == query.patient_id)
+    if query.received_after is not None:
+        conditions.append(Study.received_at >= as_utc(query.received_after))
+    if query.received_before is not None:
+        conditions.append(Study.received_at < as_utc(query.received_before))
+    return conditions
+
+
+def _after(key: SortKey) -> ColumnElement[bool]:
+    """Rows strictly after ``key`` in the worklist order (mixed directions, so spelled out)."""
+    same_priority = Study.clinical_priority == key.priority
+    same_score = and_(same_priority, sort_score == key.score)
+    same_time = and_(same_score, Study.received_at == key.received_at)
+    return or_(
+        Study.clinical_priority < key.priority,
+        and_(same_priority, sort_score < key.score),
+        and_(same_score, Study.received_at > key.received_at),
+        and_(same_time, Study.id > key.id),
+    )
+
+
+def _sort_key(study: Study) -> SortKey:
+    score = study.triage_score if study.triage_score is not None else UNSCORED
+    return SortKey(study.clinical_priority, score, as_utc(study.received_at), study.id)
+
+
+def encode_cursor(key: SortKey) -> str:
+    """base64url JSON of the last row's sort key; opaque to clients."""
+    body = {"p": key.priority, "s": key.score, "r": key.received_at.isoformat(), "i": str(key.id)}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> SortKey:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        body = json.loads(raw)
+        priority, score = body["p"], body["s"]
+        if not isinstance(priority, int) or not isinstance(score, int | float) or isinstance(priority, bool):
+            raise TypeError("cursor fields have the wrong types")
+        return SortKey(priority, float(score), as_utc(datetime.fromisoformat(body["r"])), uuid.UUID(body["i"]))
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidCursor("cursor is not one this server issued; start again without it") from exc
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones. Answer aware UTC always."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _row(row: Any) -> WorklistRow:
+    study: Study = row.Study
+    return WorklistRow(
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number,
+        patient_id=study.patient_id,
+        patient_name=study.patient_name,
+        study_date=study.study_date,
+        modality=study.modality,
+        body_part=study.body_part,
+        description=study.description,
+        status=study.status,
+        triage_score=study.triage_score,
+        predicted_label=study.predicted_label,
+        key_instance_sop_uid=row.key_sop,
+        instance_count=row.instance_count,
+        received_at=as_utc(study.received_at),
+        clinical_priority=study.clinical_priority,
+        synthetic=study.synthetic,
+    )
+
+
+def study_detail(db: Session, study_uid: str, image_url: ImageUrl) -> StudyDetail:
+    """The study with its series, instances, jobs and latest results."""
+    study = db.scalar(
+        select(Study)
+        .where(Study.study_instance_uid == study_uid)
+        .options(selectinload(Study.series).selectinload(Series.instances).selectinload(Instance.jobs))
+        .options(selectinload(Study.series).selectinload(Series.instances).selectinload(Instance.results))
+    )
+    if study is None:
+        raise StudyNotFound("no study with this Study Instance UID")
+    instances = [instance for series in study.series for instance in series.instances]
+    key_sop = next((i.sop_instance_uid for i in instances if i.id == study.key_instance_id), None)
+    return StudyDetail(
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number,
+        patient_id=study.patient_id,
+        patient_name=study.patient_name,
+        study_date=study.study_date,
+        study_time=study.study_time,
+        modality=study.modality,
+        body_part=study.body_part,
+        description=study.description,
+        status=study.status,
+        triage_score=study.triage_score,
+        predicted_label=study.predicted_label,
+        key_instance_sop_uid=key_sop,
+        clinical_priority=study.clinical_priority,
+        synthetic=study.synthetic,
+        received_at=as_utc(study.received_at),
+        series=[_series_view(series, image_url) for series in study.series],
+    )
+
+
+def _series_view(series: Series, image_url: ImageUrl) -> SeriesView:
+    return SeriesView(
+        series_instance_uid=series.series_instance_uid,
+        series_number=series.series_number,
+        modality=series.modality,
+        body_part=series.body_part,
+        description=series.description,
+        instances=[_instance_view(instance, image_url) for instance in series.instances],
+    )
+
+
+def _instance_view(instance: Instance, image_url: ImageUrl) -> InstanceView:
+    job = instance.jobs[0] if instance.jobs else None
+    result = latest_result(instance.results)
+    return InstanceView(
+        sop_instance_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+        instance_number=instance.instance_number,
+        source_kind=instance.source_kind,
+        rows=instance.rows,
+        columns=instance.columns,
+        frame_count=instance.frame_count,
+        original_url=image_url(instance.sop_instance_uid, ImageKind.original),
+        job=_job_view(job) if job is not None else None,
+        result=_result_view(result, instance.sop_instance_uid, image_url) if result is not None else None,
+    )
+
+
+def _job_view(job: AnalysisJob) -> JobView:
+    return JobView(
+        id=job.id,
+        status=job.status,
+        attempts=job.attempts,
+        error_code=job.error_code,
+        error_message=job.error_message,
+        enqueued_at=as_utc(job.enqueued_at) if job.enqueued_at else None,
+        finished_at=as_utc(job.finished_at) if job.finished_at else None,
+    )
+
+
+def _bbox(result: AnalysisResult) -> BoundingBox | None:
+    """The CAM's hot region in pixels of the original image, when the worker found one."""
+    x, y, width, height = result.bbox_x, result.bbox_y, result.bbox_width, result.bbox_height
+    if x is None or y is None or width is None or height is None:
+        return None
+    return BoundingBox(x=x, y=y, width=width, height=height)
+
+
+def latest_result(results: list[AnalysisResult]) -> AnalysisResult | None:
+    return max(results, key=lambda r: (as_utc(r.created_at), str(r.id)), default=None)
+
+
+def _result_view(result: AnalysisResult, sop_uid: str, image_url: ImageUrl) -> ResultView:
+    return ResultView(
+        label=result.label,
+        tumour_score=result.tumour_score,
+        probabilities=result.probabilities,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        model_sha256=result.model_sha256,
+        cam_method=result.cam_method,
+        bbox=_bbox(result),
+        timings_ms=result.timings_ms,
+        created_at=as_utc(result.created_at),
+        images=ImageUrls(**{kind.value: image_url(sop_uid, kind) for kind in ImageKind}),
+    )
