@@ -14,10 +14,7 @@ from service.settings import Settings, get_settings
 from service.web.routes import router as web_router
 from service.worklist.routes import router as worklist_router
 
-DISCLAIMER = (
-    "Decision support for research use only. Not a medical device; predictions must not be "
-    "used for diagnosis."
-)
+DISCLAIMER = "Decision support for research use only. Not a medical device; predictions must not be used for diagnosis."
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

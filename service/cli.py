@@ -19,7 +19,10 @@ CELERY_APP = "worker.app:celery_app"
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.logging_setup import configure_logging
+
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -74,9 +77,7 @@ def _models_list(_: argparse.Namespace) -> int:
     extra = [settings.model_manifest_dir] if settings.model_manifest_dir else []
     for manifest in list_manifests(extra).values():
         marker = "*" if manifest.name == settings.model_name else " "
-        print(
-            f"{marker} {manifest.name} {manifest.version} sha256={manifest.sha256[:12]} labels={manifest.labels}"
-        )
+        print(f"{marker} {manifest.name} {manifest.version} sha256={manifest.sha256[:12]} labels={manifest.labels}")
     return 0
 
 
@@ -100,9 +101,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sightline", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(prog="sightline", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
@@ -131,17 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="cli")
     create.set_defaults(func=_keys_create)
 
-    models = sub.add_parser("models", help="registered models").add_subparsers(
-        dest="models_command", required=True
-    )
+    models = sub.add_parser("models", help="registered models").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="list registered model manifests").set_defaults(func=_models_list)
-    models.add_parser("prepare", help="build the CAM-ready model into the cache").set_defaults(
-        func=_models_prepare
-    )
+    models.add_parser("prepare", help="build the CAM-ready model into the cache").set_defaults(func=_models_prepare)
 
-    demo = sub.add_parser(
-        "demo", help="run API + worker + reconciler on embedded defaults with sample studies"
-    )
+    demo = sub.add_parser("demo", help="run API + worker + reconciler on embedded defaults with sample studies")
     demo.add_argument("--samples", type=int, default=4)
     demo.set_defaults(func=_demo)
     return parser

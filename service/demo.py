@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from models.synthetic import Lesion, synthetic_slice
@@ -30,18 +30,20 @@ SAMPLE_LESIONS = [Lesion(0.35, 0.40, 0.09), None, Lesion(0.62, 0.58, 0.06), Lesi
 DEMO_UID_SEED = "sightline-demo-v1"
 
 
+def _demo_uid(index: int, part: str) -> str:
+    return str(generate_uid(entropy_srcs=[DEMO_UID_SEED, str(index), part]))
+
+
 def synthetic_dicom(index: int) -> bytes:
     """Sample study ``index`` as an MR DICOM file; UIDs are deterministic so re-runs are idempotent."""
-    uid = lambda part: generate_uid(entropy_srcs=[DEMO_UID_SEED, str(index), part])  # noqa: E731
     pixels = synthetic_slice(256, lesion=SAMPLE_LESIONS[index % len(SAMPLE_LESIONS)], seed=index)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = uid("sop")
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.update(_demo_attributes(index))
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for keyword, value in _demo_attributes(index).items():
+        setattr(ds, keyword, value)
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, _demo_uid(index, "sop")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = _demo_uid(index, "study"), _demo_uid(index, "series")
     ds.Rows, ds.Columns = pixels.shape
     ds.PixelData = pixels.tobytes()
     out = io.BytesIO()

@@ -50,21 +50,28 @@ class Principal:
     role: Role
 
 
+def authenticate(settings: Settings, authorization: str | None, required: Role) -> Principal:
+    """Check an ``Authorization`` header value against the token table and the required role."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing bearer token")
+    # A short read-only session of its own, so a 401 never opens the request's unit of work.
+    with session_factory(settings)() as db:
+        row = find_token(db, token.strip())
+    if row is None:
+        raise Unauthenticated("invalid or revoked token")
+    if not allows(row.role, required):
+        raise Forbidden(f"this endpoint needs the {required.value} role")
+    return Principal(token_name=row.name, role=row.role)
+
+
 def require_role(required: Role) -> Callable[..., Principal]:
     def _check(
+        request: Request,
         settings: AppSettings,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise Unauthenticated("missing bearer token")
-        # A short read-only session of its own, so a 401 never opens the request's unit of work.
-        with session_factory(settings)() as db:
-            row = find_token(db, credentials.credentials)
-        if row is None:
-            raise Unauthenticated("invalid or revoked token")
-        if not allows(row.role, required):
-            raise Forbidden(f"this endpoint needs the {required.value} role")
-        return Principal(token_name=row.name, role=row.role)
+        return authenticate(settings, request.headers.get("authorization"), required)
 
     return _check
 

@@ -46,8 +46,6 @@ def enqueue_after_commit(db: Session, job_ids: list[uuid.UUID], settings: Settin
             try:
                 send_analysis(job_id, settings)
             except OperationalError:
-                logger.warning(
-                    "broker unreachable; job left for the reconciler", extra={"job_id": str(job_id)}
-                )
+                logger.warning("broker unreachable; job left for the reconciler", extra={"job_id": str(job_id)})
 
     event.listen(db, "after_commit", _send, once=True)

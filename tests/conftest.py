@@ -103,9 +103,7 @@ def pg_settings(tmp_path: Path, pg_database_url: str) -> Iterator[Settings]:
     yield settings
     engine = create_engine(pg_database_url)
     with engine.begin() as conn:
-        conn.execute(
-            text("TRUNCATE analysis_results, analysis_jobs, instances, series, studies, api_tokens CASCADE")
-        )
+        conn.execute(text("TRUNCATE analysis_results, analysis_jobs, instances, series, studies, api_tokens CASCADE"))
     engine.dispose()
 
 

@@ -117,9 +117,7 @@ def upgrade() -> None:
         sa.Column("instance_id", sa.Uuid(), nullable=False),
         sa.Column(
             "status",
-            sa.Enum(
-                "queued", "running", "succeeded", "failed", name="job_status", native_enum=False, length=16
-            ),
+            sa.Enum("queued", "running", "succeeded", "failed", name="job_status", native_enum=False, length=16),
             nullable=False,
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),

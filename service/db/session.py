@@ -7,13 +7,20 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db.tables import AnalysisResult, Instance
 from service.settings import Settings, get_settings
 from service.storage import BlobStore
 
 NEW_BLOBS = "sightline.new_blobs"
+RESULT_BLOB_COLUMNS = (
+    AnalysisResult.original_key,
+    AnalysisResult.heatmap_key,
+    AnalysisResult.overlay_key,
+    AnalysisResult.contour_key,
+)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -72,7 +79,20 @@ def begin_write(db: Session) -> None:
 
 
 def _discard_new_blobs(db: Session, store: BlobStore) -> None:
-    for key in db.info.pop(NEW_BLOBS, []):
+    """Delete the blobs a failed unit wrote, unless a committed row of another unit uses them.
+
+    Blobs are content-addressed, so two transactions can write the same file; the one that
+    rolls back must not delete what the other committed. A blob that stays unreferenced in
+    the narrow window between this check and another commit is an orphan, never a loss.
+    """
+    keys = db.info.pop(NEW_BLOBS, [])
+    if not keys:
+        return
+    with Session(db.get_bind()) as check:
+        used = set(check.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
+        for column in RESULT_BLOB_COLUMNS:
+            used |= set(check.scalars(select(column).where(column.in_(keys))))
+    for key in set(keys) - used:
         store.delete(key)
 
 

@@ -80,9 +80,7 @@ class Study(Base):
     description: Mapped[str | None] = mapped_column(String(64))
     synthetic: Mapped[bool] = mapped_column(default=False)
     clinical_priority: Mapped[int] = mapped_column(SmallInteger, default=0)
-    status: Mapped[StudyStatus] = mapped_column(
-        _enum(StudyStatus, "study_status"), default=StudyStatus.pending
-    )
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), default=StudyStatus.pending)
     triage_score: Mapped[float | None] = mapped_column(Float)
     predicted_label: Mapped[str | None] = mapped_column(String(64))
     key_instance_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -111,9 +109,7 @@ class Series(Base):
     description: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="series")
-    instances: Mapped[list[Instance]] = relationship(
-        back_populates="series", order_by="Instance.instance_number"
-    )
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.instance_number")
 
 
 class Instance(Base):
@@ -145,9 +141,7 @@ class AnalysisJob(Base):
     __tablename__ = "analysis_jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    instance_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("instances.id", ondelete="CASCADE"), unique=True
-    )
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), unique=True)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))

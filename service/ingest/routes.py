@@ -8,10 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive
 
-from service.deps import AppSettings, DbSession, Ingestor, Store
+from service.db.tables import Role
+from service.deps import AppSettings, DbSession, Ingestor, Store, authenticate
 from service.errors import (
     Conflict,
     Forbidden,
@@ -28,6 +30,7 @@ from service.ingest.reading import NamedUpload, parse_all, read_all
 from service.ingest.schemas import ClinicalPriority, UploadResult
 from service.ingest.service import store_files
 from service.metrics import INGEST_REJECTED, INGESTED
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,10 @@ class BodyLimitedRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def limited(request: Request) -> Response:
-            limit: int = request.app.state.settings.max_upload_bytes
+            settings: Settings = request.app.state.settings
+            # Authenticate before a single body byte is read: strangers cannot make us spool uploads.
+            await run_in_threadpool(authenticate, settings, request.headers.get("authorization"), Role.ingest)
+            limit = settings.max_upload_bytes
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
                 raise _too_large(limit)

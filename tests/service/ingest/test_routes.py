@@ -322,6 +322,17 @@ def test_upload_needs_the_ingest_role(
         assert response.json()["error"]["code"] == {401: "unauthenticated", 403: "forbidden"}[status]
 
 
+def test_authentication_comes_before_the_body_is_read(
+    small_client: tuple[TestClient, Settings], tokens: dict[Role, str]
+) -> None:
+    """A stranger's oversize upload is refused as 401/403, not read up to the size limit first."""
+    client, _ = small_client
+    files = [("files", ("big.dcm", make_mr_dicom(), "application/dicom"))]
+    assert client.post(UPLOADS, files=files).status_code == 401
+    assert client.post(UPLOADS, files=files, headers=bearer("sl_not-a-token")).status_code == 401
+    assert client.post(UPLOADS, files=files, headers=bearer(tokens[Role.reader])).status_code == 403
+
+
 def test_patient_data_never_reaches_the_logs(client: TestClient, ingest: str, caplog: pytest.LogCaptureFixture) -> None:
     name, pid = "Zyxwvut^Qponmlk", "PID-8A7B6C5D"
     good = make_mr_dicom(patient_name=name, patient_id=pid)
