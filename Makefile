@@ -31,7 +31,7 @@ test: lint  ## unit, API, integration (PostgreSQL + Redis + real Celery worker) 
 	$(BIN)/pytest
 
 bench: $(VENV)/.test  ## benchmarks; writes reports/benchmark.md
-	$(BIN)/python -m tests.bench.run --report reports/benchmark.md
+	PYTHONPATH=.:tests $(BIN)/python tests/bench/run.py --report reports/benchmark.md
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

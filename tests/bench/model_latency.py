@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,3 +71,24 @@ def raw_throughput(classifier: Classifier, images: int = 20) -> float:
     for _ in range(images):
         classifier.predict_plain(batch)
     return images / (time.perf_counter() - started)
+
+
+def raw_parallel_throughput(classifiers: list[Classifier], images: int = 20) -> float:
+    """Images per second with one single-threaded session per core, run side by side.
+
+    ONNX Runtime releases the GIL, so threads here are real parallel streams: the ceiling a
+    deployment with one worker process per core could reach.
+    """
+    batch = preprocess(demo_image(), classifiers[0].manifest)
+    for classifier in classifiers:
+        classifier.predict_plain(batch)
+    per_stream = max(1, images // len(classifiers))
+
+    def stream(classifier: Classifier) -> None:
+        for _ in range(per_stream):
+            classifier.predict_plain(batch)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(classifiers)) as pool:
+        list(pool.map(stream, classifiers))
+    return per_stream * len(classifiers) / (time.perf_counter() - started)

@@ -1,80 +1,21 @@
-"""Real processes for the end-to-end tests: the API under uvicorn and Celery workers.
+"""Fixtures for the end-to-end tests: the stack's processes (``tests/stack.py``) on PostgreSQL + Redis.
 
-Every process runs in its own session (so its whole group can be signalled), binds
-127.0.0.1 only, logs to a file under the test's tmp dir, and is always stopped in the
-fixture's finally. The log tails are printed at teardown; pytest shows them on failure.
+Each process logs under the test's tmp dir and is stopped in the fixture's finally; the
+log tails are printed at teardown, so pytest shows them on failure.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from stack import REPO_ROOT, ServiceProcess, StartProcess, api_argv, free_port, wait_healthy, worker_argv
 
 from models.inference import Classifier
 from models.registry import get_manifest
 from service.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
-
-
-class ServiceProcess:
-    """One subprocess with its log file; ``stop`` is idempotent and always ends the group."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name, self.log_path = name, log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, needle: str, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while needle not in self.log_text():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before logging {needle!r}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not log {needle!r} within {timeout_s} s")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: the worker dies mid-job, acknowledging nothing."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-        tail = self.log_text()[-4000:]
-        sys.stdout.write(f"\n----- {self.name} log ({self.log_path}) -----\n{tail}\n")
-
-
-StartProcess = Callable[..., ServiceProcess]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -124,28 +65,10 @@ def start_process(tmp_path: Path) -> Iterator[StartProcess]:
 @pytest.fixture()
 def api_url(stack_env: dict[str, str], start_process: StartProcess) -> str:
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app"]
-    process = start_process("api", [*argv, "--host", "127.0.0.1", "--port", str(port)], stack_env)
+    process = start_process("api", api_argv(port), stack_env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return url
-        except httpx.TransportError:
-            pass
-        if process.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the API did not come up:\n{process.log_text()[-3000:]}")
-        time.sleep(0.2)
-
-
-def worker_argv(node_name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "worker",
-        "--pool=solo", "--concurrency=1", "-Q", "analysis",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "-n", f"{node_name}@%h",
-    ]  # fmt: skip
+    wait_healthy(url, process)
+    return url
 
 
 @pytest.fixture()

@@ -1,0 +1,115 @@
+"""End-to-end throughput: uploads through the API, analysed by one real Celery worker.
+
+The stack is the production one (uvicorn, PostgreSQL, Redis, a solo-pool worker using
+every core for ONNX Runtime, as the raw measurement does) when PostgreSQL and Redis are
+reachable, else the embedded default (SQLite + SQLite broker).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from helpers import bearer, issue_token, make_mr_dicom, make_settings
+from sqlalchemy import create_engine, func, select, text
+from stack import ServiceProcess, api_argv, free_port, wait_healthy, worker_argv
+
+from service.db.migrate import upgrade
+from service.db.session import unit_of_work
+from service.db.tables import AnalysisJob, JobStatus, Role
+from service.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("SIGHTLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SIGHTLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    api_url: str
+    ingest_token: str
+    backend: str
+
+
+@contextmanager
+def _database(workdir: Path, production: bool) -> Iterator[Settings]:
+    if not production:
+        settings = make_settings(workdir)
+        upgrade(settings.database_url)
+        yield settings
+        return
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    name = f"sightline_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        upgrade(url)
+        yield make_settings(workdir, database_url=url, broker_url=REDIS_URL)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def running_stack(workdir: Path, model_cache: Path, production: bool, processes: int = 1) -> Iterator[Stack]:
+    with _database(workdir, production) as settings:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIGHTLINE_")}
+        env.update(
+            SIGHTLINE_DATABASE_URL=settings.database_url,
+            SIGHTLINE_BROKER_URL=settings.broker_url,
+            SIGHTLINE_STORAGE_DIR=str(settings.storage_dir),
+            SIGHTLINE_MODEL_CACHE_DIR=str(model_cache),
+            PYTHONUNBUFFERED="1",
+            # One ONNX thread per process when several share the cores, else ORT's default (all).
+            SIGHTLINE_ONNX_THREADS=str(max(1, (os.cpu_count() or 1) // processes) if processes > 1 else 0),
+        )
+        port = free_port()
+        api = ServiceProcess("api", api_argv(port), env, workdir / "api.log")
+        argv = worker_argv("bench")
+        if processes > 1:
+            argv = [a for a in argv if a not in ("--pool=solo", "--concurrency=1")]
+            argv += ["--pool=prefork", f"--concurrency={processes}"]
+        worker = ServiceProcess("worker", argv, env, workdir / "worker.log")
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, api)
+            worker.wait_for_log("ready.")
+            backend = "PostgreSQL + Redis" if production else "SQLite + SQLite broker"
+            yield Stack(settings, url, issue_token(settings, Role.ingest), backend)
+        finally:
+            worker.stop()
+            api.stop()
+
+
+def _ended(settings: Settings) -> int:
+    with unit_of_work(settings) as db:
+        done = (JobStatus.succeeded, JobStatus.failed)
+        return int(db.scalar(select(func.count()).where(AnalysisJob.status.in_(done))) or 0)
+
+
+def push_and_wait(stack: Stack, images: int, seed: int, timeout_s: float = 600.0) -> float:
+    """Push ``images`` single-file uploads (as a PACS does) and return images/s until all are analysed."""
+    before = _ended(stack.settings)
+    files = [make_mr_dicom(size=256, lesion=(90, 100, 18), seed=seed * 1000 + i) for i in range(images)]
+    started = time.perf_counter()
+    with httpx.Client(base_url=stack.api_url, headers=bearer(stack.ingest_token), timeout=60) as client:
+        for i, data in enumerate(files):
+            response = client.post("/api/v1/uploads", files=[("files", (f"{i}.dcm", data, "application/dicom"))])
+            response.raise_for_status()
+    deadline = time.monotonic() + timeout_s
+    while _ended(stack.settings) < before + images:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker did not finish the batch")
+        time.sleep(0.05)
+    return images / (time.perf_counter() - started)
