@@ -107,7 +107,11 @@ def _wait_ready(base_url: str, deadline_s: float = 180.0) -> None:
 def _push_samples(base_url: str, token: str, samples: int) -> None:
     files = [("files", (f"sample-{i}.dcm", synthetic_dicom(i), "application/dicom")) for i in range(samples)]
     response = httpx.post(
-        f"{base_url}/api/v1/uploads", files=files, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        f"{base_url}/api/v1/uploads",
+        files=files,
+        data={"synthetic": "true"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
     )
     response.raise_for_status()
 

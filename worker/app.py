@@ -24,6 +24,15 @@ logger = logging.getLogger(__name__)
 MIN_VISIBILITY_TIMEOUT_S = 3600
 
 
+def transport_options(settings: Settings) -> dict[str, float]:
+    """Redis redelivers an unacknowledged message after ``visibility_timeout``; keep it past
+    any job's deadline. The SQLAlchemy transport (embedded default) hands every option to
+    ``create_engine``, which refuses unknown ones, so it gets none (it polls every second)."""
+    if settings.broker_url.startswith("sqla+"):
+        return {}
+    return {"visibility_timeout": max(MIN_VISIBILITY_TIMEOUT_S, 2 * settings.job_deadline_seconds)}
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured for at-least-once delivery of analysis jobs."""
     app = Celery("sightline", broker=settings.broker_url, include=["worker.tasks"])
@@ -36,9 +45,7 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": max(MIN_VISIBILITY_TIMEOUT_S, 2 * settings.job_deadline_seconds),
-        },
+        broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile-jobs": {

@@ -47,7 +47,7 @@ class InstanceMeta:
     rows: int
     columns: int
     frame_count: int
-    synthetic: bool = False
+    synthetic: bool = False  # generated test data, set only by the upload's ``synthetic`` field
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,6 @@ def from_raster(image: DecodedImage, context: RasterContext, instance_number: in
         rows=int(image.pixels.shape[0]),
         columns=int(image.pixels.shape[1]),
         frame_count=image.frame_count,
-        synthetic=True,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
@@ -108,6 +109,9 @@ def upload(
         str | None, Form(max_length=64, description="Group PNG/JPEG files into this study")
     ] = None,
     clinical_priority: Annotated[ClinicalPriority | None, Form()] = None,
+    synthetic: Annotated[
+        bool, Form(description="Mark the request's new studies as synthetic test data, not patients")
+    ] = False,
 ) -> UploadResult:
     """Store every file and queue one analysis job per new instance; answer 202.
 
@@ -121,12 +125,16 @@ def upload(
     generated UIDs (one study per request unless ``study_instance_uid`` names one,
     modality OT) and take the patient fields from the form. ``clinical_priority``
     applies to every study of the request and only ever raises a study's priority.
+    ``synthetic`` flags new studies as generated test data (the demo's phantoms); the
+    worklist shows the flag so nobody mistakes them for patients.
     """
     try:
         uploads = [NamedUpload(i, f.filename, f.file) for i, f in enumerate(files)]
         study_uid, series_uid = new_raster_uids(text_value(study_instance_uid, 64))
         raster = RasterContext(study_uid, series_uid, patient_id, patient_name, study_description)
         parsed = parse_all(uploads, read_all(uploads, settings.max_upload_bytes), raster, settings.max_image_pixels)
+        if synthetic:
+            parsed = [replace(item, meta=replace(item.meta, synthetic=True)) for item in parsed]
         priority = clinical_priority.rank if clinical_priority is not None else None
         stored = store_files(db, store, parsed, priority=priority, settings=settings)
     except SightlineError as exc:

@@ -173,9 +173,17 @@ def test_png_upload_takes_form_fields_and_generated_uids(client: TestClient, ing
         instance = db.scalars(select(Instance)).one()
         assert study.study_instance_uid == entry["study_instance_uid"]
         assert (study.patient_id, study.patient_name, study.description) == ("P-77", "Doe^Jane", "Outside film")
-        assert (study.modality, study.clinical_priority, study.synthetic) == ("OT", 2, True)
+        assert (study.modality, study.clinical_priority, study.synthetic) == ("OT", 2, False)
         assert (instance.source_kind, instance.rows, instance.columns, instance.sop_class_uid) == ("png", 48, 64, None)
     assert entry["sop_instance_uid"].startswith("2.25.") or entry["sop_instance_uid"][0].isdigit()
+
+
+def test_synthetic_field_flags_the_new_studies(client: TestClient, ingest: str, settings: Settings) -> None:
+    assert post(client, ingest, ("a.dcm", make_mr_dicom()), synthetic="true").status_code == 202
+    assert post(client, ingest, ("b.dcm", make_mr_dicom())).status_code == 202
+    with unit_of_work(settings) as db:
+        flags = sorted(study.synthetic for study in db.scalars(select(Study)))
+    assert flags == [False, True]
 
 
 def test_jpeg_uploads_group_into_the_named_study(client: TestClient, ingest: str, settings: Settings) -> None:
