@@ -15,6 +15,7 @@ from models.errors import InvalidImageArray
 RgbImage = npt.NDArray[np.uint8]
 CamMap = npt.NDArray[np.float32]
 CONTOUR_RGB = (0, 255, 0)
+BOX_RGB = (255, 215, 0)  # amber: distinct from the green outline and from grey anatomy
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,10 @@ def overlay(image: npt.NDArray[np.uint8], cam: CamMap, alpha: float = 0.4) -> Rg
 
 
 def contour(image: npt.NDArray[np.uint8], cam: CamMap, threshold: float = 0.5) -> tuple[RgbImage, BoundingBox | None]:
-    """Outline the largest region where the map reaches ``threshold``; its box, or None if empty."""
+    """Outline the largest region where the map reaches ``threshold`` and draw its bounding box.
+
+    Returns the drawing and the box in original-image pixels, or None when no region reaches it.
+    """
     base = as_rgb(image).copy()
     mask = (resize_cam(cam, base.shape[:2]) >= threshold).astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -69,8 +73,9 @@ def contour(image: npt.NDArray[np.uint8], cam: CamMap, threshold: float = 0.5) -
         return base, None
     largest = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
     thickness = max(1, round(min(base.shape[:2]) / 200))
-    cv2.drawContours(base, [largest], -1, CONTOUR_RGB, thickness)
     x, y, width, height = cv2.boundingRect(largest)
+    cv2.rectangle(base, (x, y), (x + width - 1, y + height - 1), BOX_RGB, thickness)
+    cv2.drawContours(base, [largest], -1, CONTOUR_RGB, thickness)  # the outline stays on top of the box
     return base, BoundingBox(x=int(x), y=int(y), width=int(width), height=int(height))
 
 

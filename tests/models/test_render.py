@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.errors import InvalidImageArray
-from models.render import BoundingBox, contour, encode_png, heatmap_rgb, overlay
+from models.render import BOX_RGB, BoundingBox, contour, encode_png, heatmap_rgb, overlay
 
 
 def _blob_cam(size: int = 240, centre: tuple[int, int] = (60, 170), radius: int = 20) -> np.ndarray:
@@ -45,6 +45,9 @@ def test_contour_box_sits_on_the_hot_spot() -> None:
     assert abs(box.x - 300) <= 2 and abs(box.y - 80) <= 2
     assert abs(box.width - 81) <= 3 and abs(box.height - 81) <= 3
     assert outlined.shape == image.shape and outlined[120, 300:303, 1].max() == 255  # the outline is drawn
+    # the box's corners (outside the round outline) carry the box colour
+    for row, col in ((box.y, box.x), (box.y + box.height - 1, box.x + box.width - 1)):
+        assert tuple(outlined[row, col]) == BOX_RGB
 
 
 def test_contour_picks_the_largest_region_and_none_when_empty() -> None:
