@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import issue_token, make_settings
+from helpers import PG_ADMIN_URL, REDIS_URL, issue_token, make_settings
 from sqlalchemy import create_engine, text
 
 from service.app import create_app
@@ -25,8 +25,6 @@ from service.db.migrate import upgrade
 from service.db.tables import Role
 from service.settings import Settings
 
-PG_ADMIN_URL = os.environ.get("SIGHTLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("SIGHTLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 SKIPPED_INTEGRATION: list[str] = []
 
 

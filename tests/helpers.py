@@ -17,6 +17,9 @@ from service.db.session import unit_of_work
 from service.db.tables import Role
 from service.settings import Settings
 
+PG_ADMIN_URL = os.environ.get("SIGHTLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SIGHTLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {

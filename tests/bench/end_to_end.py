@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helpers import bearer, issue_token, make_mr_dicom, make_settings
+from helpers import PG_ADMIN_URL, bearer, issue_token, make_mr_dicom, make_settings
 from sqlalchemy import create_engine, func, select, text
 from stack import ServiceProcess, api_argv, free_port, wait_healthy, worker_argv
 
@@ -25,7 +25,6 @@ from service.db.session import unit_of_work
 from service.db.tables import AnalysisJob, JobStatus, Role
 from service.settings import Settings
 
-PG_ADMIN_URL = os.environ.get("SIGHTLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SIGHTLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 

@@ -1,0 +1,60 @@
+"""Health endpoints are open; readiness reports each dependency; metrics count from the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from helpers import bearer, make_mr_dicom, make_settings
+
+from service.app import create_app
+from service.db.tables import Role
+from service.settings import Settings
+
+
+def test_healthz_needs_no_token(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_readyz_checks_database_broker_and_storage(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"database": True, "broker": True, "storage": True}}
+
+
+def test_readyz_is_503_when_the_broker_is_unreachable(tmp_path: Path, settings: Settings) -> None:
+    dead_broker = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    with TestClient(create_app(dead_broker)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": True, "broker": False, "storage": True}
+
+
+def test_metrics_report_queue_depth_from_the_database(client: TestClient, tokens: dict[Role, str]) -> None:
+    files = [("files", (f"{i}.dcm", make_mr_dicom(seed=i), "application/dicom")) for i in range(3)]
+    assert client.post("/api/v1/uploads", files=files, headers=bearer(tokens[Role.ingest])).status_code == 202
+    body = client.get("/metrics").text
+    assert 'sightline_jobs{status="queued"} 3.0' in body
+    assert 'sightline_jobs{status="succeeded"} 0.0' in body
+
+
+def test_unknown_route_and_bad_query_use_the_error_shape(client: TestClient, tokens: dict[Role, str]) -> None:
+    missing = client.get("/api/v1/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    bad = client.get("/api/v1/worklist?limit=0", headers=bearer(tokens[Role.reader]))
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "validation_error" and "limit" in bad.json()["error"]["message"]
+
+
+def test_revoked_token_is_refused(client: TestClient, tokens: dict[Role, str], settings: Settings) -> None:
+    from sqlalchemy import update
+
+    from service.db.session import unit_of_work
+    from service.db.tables import ApiToken, utcnow
+
+    with unit_of_work(settings) as db:
+        db.execute(update(ApiToken).where(ApiToken.role == Role.reader).values(revoked_at=utcnow()))
+    response = client.get("/api/v1/worklist", headers=bearer(tokens[Role.reader]))
+    assert response.status_code == 401 and response.json()["error"]["code"] == "unauthenticated"
+    assert response.headers["www-authenticate"] == "Bearer"
