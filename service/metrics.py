@@ -22,6 +22,7 @@ JOB_FAILURES = Counter("sightline_job_failures_total", "Jobs that ended failed",
 
 def refresh_queue_gauges(settings: Settings) -> None:
     with session_factory(settings)() as db:
-        counts = dict(db.execute(select(AnalysisJob.status, func.count()).group_by(AnalysisJob.status)).tuples().all())
+        rows = db.execute(select(AnalysisJob.status, func.count()).group_by(AnalysisJob.status)).all()
+    counts = {status: count for status, count in rows}
     for status in JobStatus:
         JOBS_BY_STATUS.labels(status=status.value).set(counts.get(status, 0))

@@ -41,7 +41,9 @@ class WorklistQuery(BaseModel):
     cursor: str | None = Field(None, max_length=512, description="next_cursor of the previous page")
 
 
-class WorklistRow(BaseModel):
+class StudySummary(BaseModel):
+    """What the worklist row and the study view both say about a study."""
+
     study_instance_uid: str
     accession_number: str | None
     patient_id: str | None
@@ -54,10 +56,13 @@ class WorklistRow(BaseModel):
     triage_score: float | None
     predicted_label: str | None
     key_instance_sop_uid: str | None
-    instance_count: int
     received_at: datetime
     clinical_priority: int
     synthetic: bool
+
+
+class WorklistRow(StudySummary):
+    instance_count: int
 
 
 class WorklistPage(BaseModel):
@@ -125,22 +130,7 @@ class SeriesView(BaseModel):
     instances: list[InstanceView]
 
 
-class StudyDetail(BaseModel):
-    study_instance_uid: str
-    accession_number: str | None
-    patient_id: str | None
-    patient_name: str | None
-    study_date: date | None
+class StudyDetail(StudySummary):
     study_time: str | None
-    modality: str | None
-    body_part: str | None
-    description: str | None
-    status: StudyStatus
-    triage_score: float | None
-    predicted_label: str | None
-    key_instance_sop_uid: str | None
-    clinical_priority: int
-    synthetic: bool
-    received_at: datetime
     series: list[SeriesView]
     disclaimer: str = DISCLAIMER

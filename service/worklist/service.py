@@ -153,26 +153,29 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def summary_fields(study: Study, key_sop: str | None) -> dict[str, Any]:
+    """The StudySummary fields of ``study``, shared by the worklist row and the study view."""
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "study_date": study.study_date,
+        "modality": study.modality,
+        "body_part": study.body_part,
+        "description": study.description,
+        "status": study.status,
+        "triage_score": study.triage_score,
+        "predicted_label": study.predicted_label,
+        "key_instance_sop_uid": key_sop,
+        "received_at": as_utc(study.received_at),
+        "clinical_priority": study.clinical_priority,
+        "synthetic": study.synthetic,
+    }
+
+
 def _row(row: Any) -> WorklistRow:
-    study: Study = row.Study
-    return WorklistRow(
-        study_instance_uid=study.study_instance_uid,
-        accession_number=study.accession_number,
-        patient_id=study.patient_id,
-        patient_name=study.patient_name,
-        study_date=study.study_date,
-        modality=study.modality,
-        body_part=study.body_part,
-        description=study.description,
-        status=study.status,
-        triage_score=study.triage_score,
-        predicted_label=study.predicted_label,
-        key_instance_sop_uid=row.key_sop,
-        instance_count=row.instance_count,
-        received_at=as_utc(study.received_at),
-        clinical_priority=study.clinical_priority,
-        synthetic=study.synthetic,
-    )
+    return WorklistRow(**summary_fields(row.Study, row.key_sop), instance_count=row.instance_count)
 
 
 def study_detail(db: Session, study_uid: str, image_url: ImageUrl) -> StudyDetail:
@@ -188,22 +191,8 @@ def study_detail(db: Session, study_uid: str, image_url: ImageUrl) -> StudyDetai
     instances = [instance for series in study.series for instance in series.instances]
     key_sop = next((i.sop_instance_uid for i in instances if i.id == study.key_instance_id), None)
     return StudyDetail(
-        study_instance_uid=study.study_instance_uid,
-        accession_number=study.accession_number,
-        patient_id=study.patient_id,
-        patient_name=study.patient_name,
-        study_date=study.study_date,
+        **summary_fields(study, key_sop),
         study_time=study.study_time,
-        modality=study.modality,
-        body_part=study.body_part,
-        description=study.description,
-        status=study.status,
-        triage_score=study.triage_score,
-        predicted_label=study.predicted_label,
-        key_instance_sop_uid=key_sop,
-        clinical_priority=study.clinical_priority,
-        synthetic=study.synthetic,
-        received_at=as_utc(study.received_at),
         series=[_series_view(series, image_url) for series in study.series],
     )
 
