@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.session import unit_of_work
@@ -77,11 +77,7 @@ def end_if_owned(
     """Move the job to ``status`` only if this claim still owns it; the row stays locked until commit."""
     ended = db.scalar(
         update(AnalysisJob)
-        .where(
-            AnalysisJob.id == claim.job_id,
-            AnalysisJob.status == JobStatus.running,
-            AnalysisJob.attempts == claim.attempts,
-        )
+        .where(*_owned_by(claim))
         .values(status=status, finished_at=utcnow(), error_code=code, error_message=_clip(message))
         .returning(AnalysisJob.id)
         .execution_options(synchronize_session=False)
@@ -106,16 +102,21 @@ def release_job(settings: Settings, claim: ClaimedJob) -> bool:
     with unit_of_work(settings) as db:
         released = db.scalar(
             update(AnalysisJob)
-            .where(
-                AnalysisJob.id == claim.job_id,
-                AnalysisJob.status == JobStatus.running,
-                AnalysisJob.attempts == claim.attempts,
-            )
+            .where(*_owned_by(claim))
             .values(status=JobStatus.queued, enqueued_at=utcnow())
             .returning(AnalysisJob.id)
             .execution_options(synchronize_session=False)
         )
     return released is not None
+
+
+def _owned_by(claim: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
+    """The row still says running with this claim's attempt number: nobody took it over."""
+    return (
+        AnalysisJob.id == claim.job_id,
+        AnalysisJob.status == JobStatus.running,
+        AnalysisJob.attempts == claim.attempts,
+    )
 
 
 def deadline_cutoff(settings: Settings, now: datetime) -> datetime:
