@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -75,21 +75,36 @@ def _demo_attributes(index: int) -> dict[str, object]:
     }
 
 
-def _spawn(args: list[str], settings: Settings) -> subprocess.Popen[bytes]:
+LOG_DIR = Path("./var/logs")
+
+
+def _spawn(name: str, args: list[str], settings: Settings) -> subprocess.Popen[bytes]:
+    """Start one child with its log in ``var/logs/<name>.log``, so the terminal shows the banner."""
     env = {
         **os.environ,
         "SIGHTLINE_DATABASE_URL": settings.database_url,
         "SIGHTLINE_BROKER_URL": settings.broker_url,
     }
-    return subprocess.Popen([sys.executable, *args], env=env, start_new_session=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with (LOG_DIR / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
-def _processes(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    yield _spawn(["-m", "service.cli", "serve"], settings)
-    yield _spawn(
-        ["-m", "service.cli", "worker", "--pool=solo", "--beat", "--schedule", "./var/celerybeat-schedule"],
-        settings,
-    )
+def _processes(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
+    worker = ["-m", "service.cli", "worker", "--pool=solo", "--beat", "--schedule", "./var/celerybeat-schedule"]
+    return {
+        "api": _spawn("api", ["-m", "service.cli", "serve"], settings),
+        "worker": _spawn("worker", worker, settings),
+    }
+
+
+def _report_death(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for name, child in children.items():
+        if child.poll() is not None:
+            tail = (LOG_DIR / f"{name}.log").read_text(errors="replace")[-2000:]
+            print(f"\nThe {name} process exited with {child.returncode}. Last lines of its log:\n{tail}", flush=True)
 
 
 def _wait_ready(base_url: str, deadline_s: float = 180.0) -> None:
@@ -124,21 +139,26 @@ def run_demo(samples: int = 4) -> int:
         reader = create_token(db, role=Role.reader, name="demo-reader")
         ingest = create_token(db, role=Role.ingest, name="demo-ingest")
     base_url = f"http://{settings.host}:{settings.port}"
-    children = list(_processes(settings))
+    children = _processes(settings)
     try:
         _wait_ready(base_url)
         _push_samples(base_url, ingest, samples)
         print(_banner(base_url, reader, ingest), flush=True)
-        while all(child.poll() is None for child in children):
+        while all(child.poll() is None for child in children.values()):
             time.sleep(1)
-        return 1  # a child died: say so with the exit code
+        _report_death(children)
+        return 1
+    except (RuntimeError, httpx.HTTPError) as exc:  # not ready in time, or the samples were refused
+        print(f"The demo could not start: {exc}", flush=True)
+        _report_death(children)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGTERM)
-        for child in children:
+        for child in children.values():
             child.wait(timeout=30)
 
 
@@ -152,6 +172,7 @@ Sightline demo is running at {base_url}   (synthetic sample studies; research us
   Worklist:      curl -H 'Authorization: Bearer {reader}' {base_url}/api/v1/worklist
   Push a file:   curl -H 'Authorization: Bearer {ingest}' -F files=@image.dcm {base_url}/api/v1/uploads
   API docs:      {base_url}/docs
+  Logs:          {LOG_DIR}/api.log, {LOG_DIR}/worker.log
 
 Press Ctrl+C to stop.
 """
