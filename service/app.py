@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.access_log import install_access_log
 from service.errors import install_error_handlers
 from service.health.routes import router as health_router
 from service.ingest.routes import router as ingest_router
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_access_log(app)
     app.include_router(health_router)
     app.include_router(ingest_router, prefix="/api/v1")
     app.include_router(worklist_router, prefix="/api/v1")

@@ -30,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         workers=args.workers,
         log_config=None,  # keep our JSON logging
+        access_log=False,  # uvicorn's would log query strings (patient_id filters); see service.access_log
         proxy_headers=True,
     )
     return 0

@@ -32,7 +32,9 @@ def get_session(settings: AppSettings) -> Iterator[Session]:
         yield db
 
 
-DbSession = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs before the response is sent, so a 2xx means committed
+# (FastAPI's default would commit after the response, losing a failed commit silently).
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_store(settings: AppSettings) -> BlobStore:

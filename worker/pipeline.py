@@ -19,13 +19,12 @@ import numpy.typing as npt
 import redis.exceptions
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError as DatabaseError
-from sqlalchemy.orm import Session
 
 from models.errors import ModelLibraryError
 from models.inference import Classifier, Explanation
 from models.pixels import DecodedImage, decode_dicom, decode_raster, read_dicom
 from models.render import BoundingBox, contour, encode_png, heatmap_rgb, overlay
-from service.db.session import track_new_blob, unit_of_work
+from service.db.session import store_blob, unit_of_work
 from service.db.tables import AnalysisResult, JobStatus
 from service.db.triage import recompute_study
 from service.metrics import JOB_LATENCY
@@ -190,18 +189,11 @@ def store_result(settings: Settings, claim: ClaimedJob, rendering: Rendering) ->
         # and a lost job writes no files at all.
         if not end_if_owned(db, claim, JobStatus.succeeded):
             return False
-        keys = {kind: _put(db, store, rendering.pngs[kind]) for kind in IMAGE_KINDS}
+        keys = {kind: store_blob(db, store, rendering.pngs[kind]) for kind in IMAGE_KINDS}
         db.add(_result_row(claim, rendering, keys))
         db.flush()
         recompute_study(db, claim.study_id)
     return True
-
-
-def _put(db: Session, store: BlobStore, data: bytes) -> str:
-    key, created = store.put(data)
-    if created:
-        track_new_blob(db, key)
-    return key
 
 
 def _result_row(claim: ClaimedJob, rendering: Rendering, keys: dict[str, str]) -> AnalysisResult:

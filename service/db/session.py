@@ -7,29 +7,28 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.tables import AnalysisResult, Instance
 from service.settings import Settings, get_settings
 from service.storage import BlobStore
 
-NEW_BLOBS = "sightline.new_blobs"
-RESULT_BLOB_COLUMNS = (
-    AnalysisResult.original_key,
-    AnalysisResult.heatmap_key,
-    AnalysisResult.overlay_key,
-    AnalysisResult.contour_key,
-)
+NEW_BLOBS = "sightline.new_blobs"  # db.info key: {blob key: creation stamp}
 
 
 def make_engine(database_url: str) -> Engine:
-    """One engine per process; SQLite gets WAL and a busy timeout so API and worker can share it."""
+    """One engine per process; SQLite gets WAL and a busy timeout so API and worker can share it.
+
+    ``hide_parameters``: database errors would otherwise quote the bound values (patient
+    names and IDs among them) in messages that reach the logs.
+    """
     if database_url.startswith("sqlite"):
-        engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            database_url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -49,16 +48,18 @@ def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
     return _factory((settings or get_settings()).database_url)
 
 
-def track_new_blob(db: Session, key: str) -> None:
-    """Remember a blob written inside this transaction; it is deleted if the transaction fails."""
-    db.info.setdefault(NEW_BLOBS, []).append(key)
+def store_blob(db: Session, store: BlobStore, data: bytes) -> str:
+    """Store ``data`` as part of this unit of work: if the unit fails, the file goes too."""
+    key, stamp = store.put(data)
+    if stamp is not None:
+        db.info.setdefault(NEW_BLOBS, {})[key] = stamp
+    return key
 
 
-def forget_new_blob(db: Session, key: str) -> None:
-    """Stop tracking ``key``: a committed row of another transaction owns it, or it was removed."""
-    tracked = db.info.get(NEW_BLOBS, [])
-    while key in tracked:
-        tracked.remove(key)
+def forget_new_blob(db: Session, key: str) -> int | None:
+    """Stop tracking ``key`` (the caller decides what happens to the file); its stamp, if tracked."""
+    stamp: int | None = db.info.get(NEW_BLOBS, {}).pop(key, None)
+    return stamp
 
 
 def begin_write(db: Session) -> None:
@@ -79,21 +80,13 @@ def begin_write(db: Session) -> None:
 
 
 def _discard_new_blobs(db: Session, store: BlobStore) -> None:
-    """Delete the blobs a failed unit wrote, unless a committed row of another unit uses them.
+    """Delete the files a failed unit created, unless another writer stored them since.
 
-    Blobs are content-addressed, so two transactions can write the same file; the one that
-    rolls back must not delete what the other committed. A blob that stays unreferenced in
-    the narrow window between this check and another commit is an orphan, never a loss.
+    Content addressing lets two transactions store the same file; ``BlobStore.discard``
+    keeps it when anyone else put it after us (see ``service.storage``).
     """
-    keys = db.info.pop(NEW_BLOBS, [])
-    if not keys:
-        return
-    with Session(db.get_bind()) as check:
-        used = set(check.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
-        for column in RESULT_BLOB_COLUMNS:
-            used |= set(check.scalars(select(column).where(column.in_(keys))))
-    for key in set(keys) - used:
-        store.delete(key)
+    for key, stamp in db.info.pop(NEW_BLOBS, {}).items():
+        store.discard(key, stamp)
 
 
 @contextmanager

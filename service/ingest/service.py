@@ -2,7 +2,7 @@
 
 Runs inside the request's unit of work (``service.deps.DbSession``): it only flushes, and
 the caller's commit makes the whole request durable at once; a failure rolls every row
-back and ``track_new_blob`` makes the unit of work delete the blobs this request wrote.
+back and ``store_blob`` makes the unit of work delete the blobs this request wrote.
 The same SOP Instance UID (PS3.3 C.12.1.1.1) twice is one instance and one job.
 """
 
@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.session import begin_write, forget_new_blob, track_new_blob
+from service.db.session import begin_write, forget_new_blob, store_blob
 from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, utcnow
 from service.db.triage import recompute_study
 from service.errors import Conflict
@@ -64,9 +64,7 @@ def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: in
     if existing is not None:
         logger.info("duplicate instance", extra={"instance_id": str(existing.entry.instance_id)})
         return existing
-    key, created = store.put(parsed.data)
-    if created:
-        track_new_blob(db, key)
+    key = store_blob(db, store, parsed.data)
     for _ in range(INSERT_ATTEMPTS):
         try:
             with db.begin_nested():  # SAVEPOINT: a lost race rolls back only this instance
@@ -75,7 +73,7 @@ def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: in
             winner = find_instance(db, meta.sop_instance_uid)
             if winner is None:
                 continue  # the race was on the study or series row; it exists now
-            _drop_unused_blob(db, store, key, created=created, winner=winner)
+            _drop_unused_blob(db, store, key)
             return winner
         logger.info("instance stored", extra={"instance_id": str(instance.id), "study_id": str(instance.study_id)})
         entry = UploadedInstance(
@@ -110,14 +108,11 @@ def find_instance(db: Session, sop_instance_uid: str) -> Stored | None:
     return Stored(entry, row.study_id, row.source_kind)
 
 
-def _drop_unused_blob(db: Session, store: BlobStore, key: str, *, created: bool, winner: Stored) -> None:
-    """After a lost race, delete the blob this request wrote unless the winning row uses it."""
-    if not created:
-        return
-    forget_new_blob(db, key)
-    winner_key = db.scalar(select(Instance.blob_key).where(Instance.id == winner.entry.instance_id))
-    if winner_key != key:
-        store.delete(key)
+def _drop_unused_blob(db: Session, store: BlobStore, key: str) -> None:
+    """After a lost race, remove the file this request created, unless the winner stored it too."""
+    stamp = forget_new_blob(db, key)
+    if stamp is not None:
+        store.discard(key, stamp)
 
 
 def _insert_rows(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from helpers import bearer, make_mr_dicom, make_settings
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from service.app import create_app
-from service.db.tables import Role
+from service.db.session import session_factory, unit_of_work
+from service.db.tables import Instance, Role
 from service.settings import Settings
 
 
@@ -58,3 +64,37 @@ def test_revoked_token_is_refused(client: TestClient, tokens: dict[Role, str], s
     response = client.get("/api/v1/worklist", headers=bearer(tokens[Role.reader]))
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthenticated"
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_access_log_has_paths_without_query_strings(
+    client: TestClient, tokens: dict[Role, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        client.get("/api/v1/worklist?patient_id=MRN-PRIVATE-42", headers=bearer(tokens[Role.reader]))
+    access = [r for r in caplog.records if r.name == "sightline.access"]
+    assert [(r.method, r.path, r.status) for r in access] == [("GET", "/api/v1/worklist", 200)]  # type: ignore[attr-defined]
+    server_side = [r for r in caplog.records if not r.name.startswith("httpx")]  # httpx: the test's own client
+    assert not any("MRN-PRIVATE-42" in r.getMessage() + str(vars(r)) for r in server_side)
+
+
+def test_a_failed_commit_answers_503_and_keeps_nothing(
+    client: TestClient, tokens: dict[Role, str], settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The commit happens before the response: a client never gets 202 for an upload that was lost."""
+
+    def disk_full(_: Session) -> None:
+        raise OperationalError("COMMIT", {}, RuntimeError("disk full"))
+
+    factory = session_factory(settings)
+    event.listen(factory, "before_commit", disk_full)
+    try:
+        files = [("files", ("a.dcm", make_mr_dicom(patient_name="Secret^Name"), "application/dicom"))]
+        response = client.post("/api/v1/uploads", files=files, headers=bearer(tokens[Role.ingest]))
+    finally:
+        event.remove(factory, "before_commit", disk_full)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_unavailable"
+    with unit_of_work(settings) as db:
+        assert db.scalar(select(func.count()).select_from(Instance)) == 0
+    assert [p for p in settings.storage_dir.rglob("*") if p.is_file()] == []
+    assert not any("Secret^Name" in str(vars(r)) for r in caplog.records)

@@ -156,7 +156,7 @@ def test_undecodable_blob_fails_the_job_permanently(settings, classifier, make_j
 
 def test_missing_blob_fails_the_job_permanently(settings, classifier, make_job) -> None:
     stored = make_job(make_mr_dicom())
-    BlobStore(settings.storage_dir).delete(stored.blob_key)
+    BlobStore(settings.storage_dir).path_for(stored.blob_key).unlink()
 
     assert run(settings, classifier, stored.job_id) is Outcome.failed
 
