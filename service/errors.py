@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import DecompressionBomb, ModelLibraryError
+from service.logging_setup import error_frames
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +124,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
         # Deadlocks, serialisation failures, lock timeouts and lost connections: the
         # transaction was rolled back, nothing was kept, and the client may simply retry.
-        logger.error("database error", extra={"error_type": type(exc.orig).__name__, "where": _frames(exc)})
+        logger.error("database error", extra={"error_type": type(exc.orig).__name__, "where": error_frames(exc)})
         body = error_body("database_unavailable", "the database could not complete the request; retry")
         return JSONResponse(body, 503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error", extra={"error_type": type(exc).__name__, "where": _frames(exc)})
+        logger.error("unhandled error", extra={"error_type": type(exc).__name__, "where": error_frames(exc)})
         return JSONResponse(error_body("internal_error", "internal server error"), 500)
-
-
-def _frames(exc: BaseException) -> list[str]:
-    """Where an error came from, without its message: messages can quote patient data."""
-    return [f"{frame.filename}:{frame.lineno} {frame.name}" for frame in traceback.extract_tb(exc.__traceback__)]

@@ -27,6 +27,7 @@ from models.render import BoundingBox, contour, encode_png, heatmap_rgb, overlay
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import AnalysisResult, JobStatus
 from service.db.triage import recompute_study
+from service.logging_setup import error_frames
 from service.metrics import JOB_LATENCY
 from service.settings import Settings
 from service.storage import BlobStore
@@ -84,8 +85,25 @@ def analyse_job(job_id: uuid.UUID, *, settings: Settings, classifier: Classifier
         outcome = _run_claimed(claim, settings=settings, classifier=classifier)
     except TRANSIENT_ERRORS as exc:
         return _after_transient_error(claim, settings, exc)
+    except Exception as exc:  # the one boundary: a job must never stay "running" on an unnamed error
+        return _after_unexpected_error(claim, settings, exc)
     JOB_LATENCY.observe(time.perf_counter() - started)
     return outcome
+
+
+def _after_unexpected_error(claim: ClaimedJob, settings: Settings, exc: Exception) -> Outcome:
+    """An error we did not name (a bug, a model the runtime refuses) fails the job at once.
+
+    Retrying would keep the study pending for attempts x deadline with the same outcome;
+    failing records the reason where radiologists and operators see it. Only the error's
+    type and frames are kept: its message could quote patient data.
+    """
+    where = error_frames(exc)
+    logger.error(
+        "unexpected error; job failed", extra={**claim.log_ids(), "exc_type": type(exc).__name__, "where": where}
+    )
+    fail_job(settings, claim, "internal_error", f"unexpected {type(exc).__name__} in the worker")
+    return Outcome.failed
 
 
 def _run_claimed(claim: ClaimedJob, *, settings: Settings, classifier: Classifier) -> Outcome:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from service.db.session import session_factory
@@ -19,12 +21,30 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
+class Readiness(BaseModel):
+    """The body of ``/readyz``, whether ready (200) or not (503)."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, bool]
+
+
+METRICS_200: dict[str, Any] = {
+    "description": "Prometheus text exposition format",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
 @router.get("/healthz", summary="Liveness: the process answers")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database, broker and storage reachable")
+@router.get(
+    "/readyz",
+    summary="Readiness: database, broker and storage reachable",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency is unreachable; ``checks`` says which"}},
+)
 def readyz(settings: AppSettings) -> JSONResponse:
     checks = {
         "database": _check_database(settings.database_url, settings),
@@ -36,7 +56,7 @@ def readyz(settings: AppSettings) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: METRICS_200})
 def metrics(settings: AppSettings) -> Response:
     refresh_queue_gauges(settings)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

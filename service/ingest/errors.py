@@ -1,8 +1,8 @@
-"""Why an upload is refused. Messages name the file and the attribute, never patient data."""
+"""Why an upload is refused. Messages name the file (by index) and the attribute, never patient data."""
 
 from __future__ import annotations
 
-from service.errors import PayloadTooLarge, SightlineError, UnprocessableInput
+from service.errors import Conflict, PayloadTooLarge, SightlineError, UnprocessableInput
 
 
 class EmptyFile(UnprocessableInput):
@@ -13,6 +13,12 @@ class InvalidUid(UnprocessableInput):
     """A missing or malformed UID (PS3.5 §9.1: digits and dots, no leading zeros, at most 64)."""
 
     code = "invalid_uid"
+
+
+class StudyPatientMismatch(Conflict):
+    """The Study Instance UID is stored for another patient: merging would mix two patients."""
+
+    code = "study_patient_mismatch"
 
 
 class UploadTooLarge(PayloadTooLarge):

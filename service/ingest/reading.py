@@ -19,22 +19,23 @@ from service.ingest.dicom_meta import InstanceMeta, RasterContext, from_dicom, f
 from service.ingest.errors import EmptyFile, RejectedFile, UploadTooLarge
 
 CHUNK_BYTES = 1024 * 1024
-MAX_NAME_CHARS = 120
 
 
 @dataclass(frozen=True)
 class NamedUpload:
-    """One part of the multipart body: its position, the client's filename and a readable file."""
+    """One part of the multipart body: its position and a readable file.
+
+    The client's filename is deliberately not kept: PACS name files after patients and MRNs,
+    and every message names a file by its index only.
+    """
 
     index: int
-    filename: str | None
     file: BinaryIO
 
 
 @dataclass(frozen=True)
 class ParsedFile:
     index: int
-    filename: str | None
     data: bytes
     meta: InstanceMeta
 
@@ -52,10 +53,7 @@ def read_all(uploads: Sequence[NamedUpload], max_bytes: int) -> list[bytes]:
         while chunk := upload.file.read(CHUNK_BYTES):
             total += len(chunk)
             if total > max_bytes:
-                raise UploadTooLarge(
-                    f"files[{upload.index}] {display_name(upload.filename)}: "
-                    f"the upload exceeds the {max_bytes}-byte limit"
-                )
+                raise UploadTooLarge(f"files[{upload.index}]: the upload exceeds the {max_bytes}-byte limit")
             chunks.append(chunk)
         contents.append(b"".join(chunks))
     return contents
@@ -64,12 +62,12 @@ def read_all(uploads: Sequence[NamedUpload], max_bytes: int) -> list[bytes]:
 def parse_all(
     uploads: Sequence[NamedUpload], contents: Sequence[bytes], raster: RasterContext, max_pixels: int
 ) -> list[ParsedFile]:
-    """Validate every file; the first bad one refuses the request, named by index and filename."""
+    """Validate every file; the first bad one refuses the request, named by its index."""
     parsed: list[ParsedFile] = []
     for upload, data in zip(uploads, contents, strict=True):
-        with refusing(upload.index, upload.filename):
+        with refusing(upload.index):
             meta = parse_file(data, raster, upload.index + 1, max_pixels)
-        parsed.append(ParsedFile(upload.index, upload.filename, data, meta))
+        parsed.append(ParsedFile(upload.index, data, meta))
     return parsed
 
 
@@ -91,9 +89,12 @@ def parse_file(data: bytes, raster: RasterContext, instance_number: int, max_pix
 
 
 @contextmanager
-def refusing(index: int, filename: str | None) -> Iterator[None]:
-    """Re-raise a refusal of file ``index`` as a RejectedFile that keeps its status and code."""
-    prefix = f"files[{index}] {display_name(filename)}"
+def refusing(index: int) -> Iterator[None]:
+    """Re-raise a refusal of file ``index`` as a RejectedFile that keeps its status and code.
+
+    The message names the file by index only, never by the client's filename (patient data).
+    """
+    prefix = f"files[{index}]"
     try:
         yield
     except RejectedFile:
@@ -102,11 +103,3 @@ def refusing(index: int, filename: str | None) -> Iterator[None]:
         raise RejectedFile(f"{prefix}: {exc.message}", status_code=exc.status_code, code=exc.code) from exc
     except ModelLibraryError as exc:
         raise RejectedFile(f"{prefix}: {exc}", status_code=model_error_status(exc), code=exc.code) from exc
-
-
-def display_name(filename: str | None) -> str:
-    """The client's filename, quoted, with control characters replaced and cut to a sane length."""
-    if not filename:
-        return "(no filename)"
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in filename)[:MAX_NAME_CHARS]
-    return repr(cleaned)

@@ -118,8 +118,10 @@ def upload(
     All or nothing: every file is read, sniffed by content and decoded before anything is
     written, and all rows are written in one transaction, so if any file is refused the
     whole request is refused (with that file's status and error code, the message naming
-    it by index and filename) and nothing of it remains. A PACS can then simply re-send
-    the request; files it already delivered come back as ``duplicate: true``.
+    it by index only, as filenames can carry patient data) and nothing of it remains. A
+    PACS can then simply re-send the request; files it already delivered come back as
+    ``duplicate: true``. A DICOM Study Instance UID already stored for another Patient ID
+    is refused with 409 ``study_patient_mismatch``: two patients are never merged.
 
     DICOM files carry their own identity and patient attributes; PNG/JPEG files get
     generated UIDs (one study per request unless ``study_instance_uid`` names one,
@@ -129,7 +131,7 @@ def upload(
     worklist shows the flag so nobody mistakes them for patients.
     """
     try:
-        uploads = [NamedUpload(i, f.filename, f.file) for i, f in enumerate(files)]
+        uploads = [NamedUpload(i, f.file) for i, f in enumerate(files)]
         study_uid, series_uid = new_raster_uids(text_value(study_instance_uid, 64))
         raster = RasterContext(study_uid, series_uid, patient_id, patient_name, study_description)
         parsed = parse_all(uploads, read_all(uploads, settings.max_upload_bytes), raster, settings.max_image_pixels)

@@ -22,6 +22,7 @@ from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, u
 from service.db.triage import recompute_study
 from service.errors import Conflict
 from service.ingest.dicom_meta import InstanceMeta
+from service.ingest.errors import StudyPatientMismatch
 from service.ingest.reading import ParsedFile, refusing
 from service.ingest.schemas import UploadedInstance
 from service.queue import enqueue_after_commit
@@ -44,17 +45,39 @@ class Stored:
 def store_files(
     db: Session, store: BlobStore, files: Sequence[ParsedFile], *, priority: int | None, settings: Settings
 ) -> list[Stored]:
-    """Store every file, recompute the triage state of each touched study, queue the new jobs."""
+    """Store every file, raise and recompute each touched study, queue the new jobs.
+
+    Concurrent requests touching the same studies must take the study row locks in one
+    global order, or [A, B] and [B, A] deadlock on PostgreSQL (an instance insert takes a
+    KEY SHARE lock on its study, ``recompute_study`` a FOR UPDATE). So the existing
+    studies are locked up front by id, files are stored grouped by Study Instance UID (new
+    study rows are created in that order) and studies are recomputed by id.
+    """
     begin_write(db)
-    stored: list[Stored] = []
-    for parsed in files:
-        with refusing(parsed.index, parsed.filename):
-            stored.append(store_one(db, store, parsed, priority=priority))
-    for study_id in dict.fromkeys(item.study_id for item in stored):
-        recompute_study(db, study_id)
+    _lock_studies(db, {parsed.meta.study_instance_uid for parsed in files})
+    by_index: dict[int, Stored] = {}
+    for parsed in sorted(files, key=lambda item: (item.meta.study_instance_uid, item.index)):
+        with refusing(parsed.index):
+            by_index[parsed.index] = store_one(db, store, parsed, priority=priority)
+    stored = [by_index[parsed.index] for parsed in files]
+    for study_id in sorted({item.study_id for item in stored}):
+        _raise_priority(recompute_study(db, study_id), priority)
     new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
     enqueue_after_commit(db, new_jobs, settings)
     return stored
+
+
+def _lock_studies(db: Session, study_uids: set[str]) -> None:
+    """SELECT ... FOR UPDATE the existing study rows, in id order (see ``store_files``)."""
+    db.execute(
+        select(Study.id).where(Study.study_instance_uid.in_(sorted(study_uids))).order_by(Study.id).with_for_update()
+    ).all()
+
+
+def _raise_priority(study: Study, priority: int | None) -> None:
+    """The request's priority applies to every study it touched, duplicates included; never lowers."""
+    if priority is not None and priority > study.clinical_priority:
+        study.clinical_priority = priority
 
 
 def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: int | None) -> Stored:
@@ -165,9 +188,13 @@ def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None) -> Stud
         db.add(study)
         db.flush()
         return study
+    if study.patient_id and meta.patient_id and study.patient_id != meta.patient_id:
+        raise StudyPatientMismatch(
+            "(0020,000D) Study Instance UID is already stored for a different (0010,0020) Patient ID; "
+            "refusing to merge two patients' images"
+        )
     _fill_missing(study, values)
-    if priority is not None and priority > study.clinical_priority:
-        study.clinical_priority = priority  # raised by a later upload, never lowered by one
+    _raise_priority(study, priority)
     return study
 
 

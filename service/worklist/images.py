@@ -7,6 +7,9 @@ pixels through the Modality and VOI LUTs, PS3.3 C.11) and encoded here.
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import cv2
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +20,8 @@ from service.errors import NotFound
 from service.storage import BlobStore
 from service.worklist.schemas import ImageKind
 
+logger = logging.getLogger(__name__)
+
 
 class InstanceNotFound(NotFound):
     code = "instance_not_found"
@@ -24,6 +29,12 @@ class InstanceNotFound(NotFound):
 
 class ResultNotReady(NotFound):
     code = "result_not_ready"
+
+
+class ImageMissing(NotFound):
+    """The database names a blob whose file is gone from the store (deleted or lost storage)."""
+
+    code = "image_missing"
 
 
 def instance_png(db: Session, store: BlobStore, sop_uid: str, kind: ImageKind, *, max_pixels: int) -> bytes:
@@ -38,10 +49,18 @@ def instance_png(db: Session, store: BlobStore, sop_uid: str, kind: ImageKind, *
         .limit(1)
     )
     if result is not None:
-        return store.get(_result_key(result, kind))
+        return _blob(store, _result_key(result, kind), instance.id)
     if kind is ImageKind.original:
-        return render_png(store.get(instance.blob_key), max_pixels=max_pixels)
+        return render_png(_blob(store, instance.blob_key, instance.id), max_pixels=max_pixels)
     raise ResultNotReady(f"the {kind.value} image exists once the instance is analysed")
+
+
+def _blob(store: BlobStore, key: str, instance_id: uuid.UUID) -> bytes:
+    try:
+        return store.get(key)
+    except FileNotFoundError:
+        logger.error("stored image file is missing", extra={"instance_id": str(instance_id)})
+        raise ImageMissing("the stored file of this image is missing") from None
 
 
 def _result_key(result: AnalysisResult, kind: ImageKind) -> str:

@@ -7,13 +7,26 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import AppSettings, DbSession, Reader, Store
-from service.errors import BadRequest, Forbidden, NotFound, Unauthenticated, UnprocessableInput, error_responses
+from service.errors import (
+    BadRequest,
+    ErrorEnvelope,
+    Forbidden,
+    NotFound,
+    Unauthenticated,
+    UnprocessableInput,
+    error_responses,
+)
 from service.worklist import service as worklist_service
 from service.worklist.images import instance_png
 from service.worklist.schemas import ImageKind, StudyDetail, WorklistPage, WorklistQuery
 
 # Patient images: only the user's own browser may keep them, and not for long.
 IMAGE_CACHE_CONTROL = "private, max-age=300"
+
+IMAGE_404 = (
+    "instance_not_found (unknown SOP Instance UID), result_not_ready (not analysed yet) or "
+    "image_missing (the stored file is gone)"
+)
 
 router = APIRouter(tags=["worklist"])
 
@@ -39,7 +52,7 @@ def list_worklist(db: DbSession, _: Reader, query: Annotated[WorklistQuery, Quer
     "/studies/{study_uid}",
     response_model=StudyDetail,
     summary="A study with its series, instances, jobs and latest results",
-    responses=error_responses(Unauthenticated, Forbidden, NotFound),
+    responses=error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
 )
 def get_study(db: DbSession, _: Reader, request: Request, study_uid: str) -> StudyDetail:
     """Image URLs are paths on this server, never built from the request's Host header."""
@@ -57,7 +70,8 @@ def get_study(db: DbSession, _: Reader, request: Request, study_uid: str) -> Stu
     summary="original, heatmap, overlay or contour picture of an instance (image/png)",
     responses={
         200: {"content": {"image/png": {}}, "description": "The PNG picture"},
-        **error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
+        **error_responses(Unauthenticated, Forbidden, UnprocessableInput),
+        404: {"description": IMAGE_404, "model": ErrorEnvelope},
     },
 )
 def get_instance_image(

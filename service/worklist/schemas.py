@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from service.db.tables import JobStatus, StudyStatus
 
@@ -39,6 +39,17 @@ class WorklistQuery(BaseModel):
     received_before: datetime | None = Field(None, description="Received before (exclusive)")
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=512, description="next_cursor of the previous page")
+
+    @field_validator("received_after", "received_before")
+    @classmethod
+    def _in_utc(cls, moment: datetime | None) -> datetime | None:
+        """Aware UTC (a naive value is taken as UTC); refuses an offset that leaves years 1..9999."""
+        if moment is None or moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC) if moment is not None else None
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the time is out of range once converted to UTC") from None
 
 
 class StudySummary(BaseModel):

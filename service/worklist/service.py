@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ from service.worklist.schemas import (
 
 ImageUrl = Callable[[str, ImageKind], str]
 UNSCORED = -1.0
+MIN_PRIORITY, MAX_PRIORITY = 0, 2  # routine .. stat, as ingest stores clinical_priority
 sort_score = func.coalesce(Study.triage_score, UNSCORED)
 
 
@@ -104,9 +106,9 @@ def _filters(query: WorklistQuery) -> list[ColumnElement[bool]]:
     if query.patient_id is not None:
         conditions.append(Study.patient_id == query.patient_id)
     if query.received_after is not None:
-        conditions.append(Study.received_at >= as_utc(query.received_after))
+        conditions.append(Study.received_at >= query.received_after)
     if query.received_before is not None:
-        conditions.append(Study.received_at < as_utc(query.received_before))
+        conditions.append(Study.received_at < query.received_before)
     return conditions
 
 
@@ -135,15 +137,28 @@ def encode_cursor(key: SortKey) -> str:
 
 
 def decode_cursor(cursor: str) -> SortKey:
+    """The sort key of a cursor from ``encode_cursor``; anything else is 400 ``invalid_cursor``."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        body = json.loads(raw)
-        priority, score = body["p"], body["s"]
-        if not isinstance(priority, int) or not isinstance(score, int | float) or isinstance(priority, bool):
-            raise TypeError("cursor fields have the wrong types")
-        return SortKey(priority, float(score), as_utc(datetime.fromisoformat(body["r"])), uuid.UUID(body["i"]))
-    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        return _cursor_key(json.loads(raw))
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise InvalidCursor("cursor is not one this server issued; start again without it") from exc
+
+
+def _cursor_key(body: object) -> SortKey:
+    """Every field checked for type and range, so nothing odd ever reaches a bound parameter."""
+    if not isinstance(body, dict):
+        raise TypeError("cursor is not a JSON object")
+    priority, score, received, ident = body["p"], body["s"], body["r"], body["i"]
+    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError("cursor priority is not 0, 1 or 2")
+    if score is None:
+        score = UNSCORED
+    if type(score) not in (int, float) or not math.isfinite(score):
+        raise ValueError("cursor score is not a finite number")
+    if not isinstance(received, str) or not isinstance(ident, str):
+        raise TypeError("cursor time and id must be strings")
+    return SortKey(priority, float(score), as_utc(datetime.fromisoformat(received)), uuid.UUID(ident))
 
 
 def as_utc(moment: datetime) -> datetime:

@@ -206,6 +206,30 @@ def test_transient_error_on_the_last_attempt_fails_the_job(settings, classifier,
         assert db.get_one(Study, stored.study_id).status is StudyStatus.failed
 
 
+class _FaultyClassifier(Classifier):
+    """The real default model with a fault injected after it ran: an error nobody named."""
+
+    def explain(self, image, method="gradcam", target=None):  # type: ignore[no-untyped-def]
+        super().explain(image, method, target)
+        raise RuntimeError("kernel failed for Secret^Patient")
+
+
+def test_an_unexpected_error_fails_the_job_at_once_without_its_message(
+    settings, classifier, model_cache_dir, make_job, caplog
+) -> None:
+    faulty = _FaultyClassifier(classifier.manifest, cache_dir=model_cache_dir)
+    stored = make_job(make_mr_dicom())
+
+    assert run(settings, faulty, stored.job_id) is Outcome.failed
+
+    with unit_of_work(settings) as db:
+        job = db.get_one(AnalysisJob, stored.job_id)
+        assert (job.status, job.error_code, job.attempts) == (JobStatus.failed, "internal_error", 1)
+        assert job.error_message == "unexpected RuntimeError in the worker"
+        assert db.get_one(Study, stored.study_id).status is StudyStatus.failed
+    assert not any("Secret^Patient" in str(vars(record)) for record in caplog.records)
+
+
 def test_a_job_taken_over_meanwhile_stores_nothing(settings, classifier, make_job) -> None:
     """The reconciler re-queued the job while this worker was still computing: it backs off."""
     stored = make_job(make_mr_dicom())
