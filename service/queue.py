@@ -12,6 +12,7 @@ from functools import lru_cache
 from celery import Celery
 from kombu.exceptions import OperationalError
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service.settings import Settings, get_settings
@@ -45,7 +46,7 @@ def enqueue_after_commit(db: Session, job_ids: list[uuid.UUID], settings: Settin
         for job_id in job_ids:
             try:
                 send_analysis(job_id, settings)
-            except OperationalError:
+            except (OperationalError, DBAPIError, OSError):  # kombu, the SQL broker, sockets
                 logger.warning("broker unreachable; job left for the reconciler", extra={"job_id": str(job_id)})
 
     event.listen(db, "after_commit", _send, once=True)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.app import create_app
 from service.db.session import session_factory, unit_of_work
-from service.db.tables import Instance, Role
+from service.db.tables import AnalysisJob, Instance, JobStatus, Role
 from service.settings import Settings
 
 
@@ -98,3 +98,18 @@ def test_a_failed_commit_answers_503_and_keeps_nothing(
         assert db.scalar(select(func.count()).select_from(Instance)) == 0
     assert [p for p in settings.storage_dir.rglob("*") if p.is_file()] == []
     assert not any("Secret^Name" in str(vars(r)) for r in caplog.records)
+
+
+def test_an_unreachable_broker_keeps_the_upload_for_the_reconciler(
+    tmp_path: Path, settings: Settings, tokens: dict[Role, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The job row is committed before publishing; a failed publish is logged, not lost."""
+    dead_broker = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(dead_broker)) as client:
+        files = [("files", ("a.dcm", make_mr_dicom(), "application/dicom"))]
+        response = client.post("/api/v1/uploads", files=files, headers=bearer(tokens[Role.ingest]))
+    assert response.status_code == 202
+    with unit_of_work(settings) as db:
+        job = db.scalars(select(AnalysisJob)).one()
+        assert (job.status, job.enqueued_at is not None) == (JobStatus.queued, True)
+    assert any("reconciler" in r.getMessage() for r in caplog.records if r.name == "service.queue")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -155,6 +158,63 @@ def test_a_cursor_this_server_did_not_issue_is_400(client: TestClient, reader: d
     assert response.json()["error"]["code"] == "invalid_cursor"
 
 
+def cursor_of(body: Any) -> str:
+    """A cursor in the server's encoding (base64url JSON) around an arbitrary body."""
+    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+
+
+GOOD_KEY = {"p": 1, "s": 0.5, "r": "2026-11-01T08:00:00+00:00", "i": str(uuid.UUID(int=7))}
+BAD_KEYS = {
+    "time_overflows_down": {"r": "0001-01-01T00:00:00+05:00"},
+    "time_overflows_up": {"r": "9999-12-31T23:59:59-05:00"},
+    "time_not_a_string": {"r": 5},
+    "time_not_iso": {"r": "yesterday"},
+    "priority_huge": {"p": 10**30},
+    "priority_out_of_range": {"p": 3},
+    "priority_negative": {"p": -1},
+    "priority_bool": {"p": True},
+    "priority_float": {"p": 1.0},
+    "score_string": {"s": "0.5"},
+    "score_infinite": {"s": float("inf")},
+    "score_nan": {"s": float("nan")},
+    "score_huge": {"s": 10**400},
+    "id_int": {"i": 5},
+    "id_not_uuid": {"i": "abc"},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_KEYS))
+def test_a_cursor_with_bad_fields_is_400(client: TestClient, reader: dict[str, str], case: str) -> None:
+    cursor = cursor_of({**GOOD_KEY, **BAD_KEYS[case]})
+    response = client.get("/api/v1/worklist", params={"cursor": cursor}, headers=reader)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_cursor")
+
+
+@pytest.mark.parametrize("score", [0.5, None, 1])
+def test_a_well_formed_cursor_is_accepted(client: TestClient, reader: dict[str, str], score: Any) -> None:
+    cursor = cursor_of({**GOOD_KEY, "s": score})
+    assert client.get("/api/v1/worklist", params={"cursor": cursor}, headers=reader).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["received_after", "received_before"])
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_received_times_out_of_range_in_utc_are_422(
+    client: TestClient, reader: dict[str, str], name: str, moment: str
+) -> None:
+    response = client.get("/api/v1/worklist", params={name: moment}, headers=reader)
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "validation_error")
+    assert response.json()["error"]["message"].startswith(f"query.{name}: ")
+    assert set(response.json()) == {"error"}
+
+
+def test_received_times_with_offsets_or_none_filter_in_utc(
+    client: TestClient, reader: dict[str, str], seeded: None
+) -> None:
+    # routine-mid-new arrived at 08:02 UTC, i.e. 10:02+02:00; a naive time is taken as UTC
+    params = {"received_after": "2026-11-01T10:02:00+02:00", "received_before": "2026-11-01T08:05:00"}
+    assert names(client.get("/api/v1/worklist", params=params, headers=reader)) == ["routine-mid-new"]
+
+
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 201}, {"min_score": 2}, {"status": "nope"}])
 def test_bad_query_values_are_422(client: TestClient, reader: dict[str, str], params: dict[str, Any]) -> None:
     response = client.get("/api/v1/worklist", params=params, headers=reader)
@@ -214,6 +274,25 @@ def test_images_before_and_after_the_result(
         assert response.status_code == 200 and response.content == data
     unknown = client.get("/api/v1/instances/1.2.3.999/overlay.png", headers=reader)
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "instance_not_found")
+
+
+def test_an_image_whose_file_is_gone_is_404_image_missing(
+    client: TestClient,
+    tokens: dict[Role, str],
+    reader: dict[str, str],
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    files = [("files", ("a.dcm", make_mr_dicom(), "application/dicom"))]
+    entry = client.post("/api/v1/uploads", files=files, headers=bearer(tokens[Role.ingest])).json()["instances"][0]
+    with unit_of_work(settings) as db:
+        blob_key = db.get_one(Instance, uuid.UUID(entry["instance_id"])).blob_key
+    BlobStore(settings.storage_dir).path_for(blob_key).unlink()
+    with caplog.at_level(logging.ERROR, logger="service.worklist.images"):
+        response = client.get(f"/api/v1/instances/{entry['sop_instance_uid']}/original.png", headers=reader)
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "image_missing")
+    [record] = [r for r in caplog.records if r.name == "service.worklist.images"]
+    assert record.levelno == logging.ERROR and record.__dict__["instance_id"] == entry["instance_id"]
 
 
 @pytest.mark.parametrize("path", ["/api/v1/worklist", "/api/v1/studies/1.2.3", "/api/v1/instances/1.2.3/original.png"])
