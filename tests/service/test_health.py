@@ -113,3 +113,20 @@ def test_an_unreachable_broker_keeps_the_upload_for_the_reconciler(
         job = db.scalars(select(AnalysisJob)).one()
         assert (job.status, job.enqueued_at is not None) == (JobStatus.queued, True)
     assert any("reconciler" in r.getMessage() for r in caplog.records if r.name == "service.queue")
+
+
+def test_openapi_documents_the_error_responses(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+
+    def schema_ref(path: str, method: str, status: str) -> str:
+        return str(paths[path][method]["responses"][status]["content"]["application/json"]["schema"]["$ref"])
+
+    assert schema_ref("/readyz", "get", "503").endswith("/Readiness")
+    assert set(spec["components"]["schemas"]["Readiness"]["properties"]) == {"status", "checks"}
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert {"401", "403", "413", "415", "422"} <= set(paths["/api/v1/uploads"]["post"]["responses"])
+    for path in ("/api/v1/worklist", "/api/v1/studies/{study_uid}", "/api/v1/instances/{sop_uid}/{kind}.png"):
+        assert schema_ref(path, "get", "422").endswith("/ErrorEnvelope"), path
+    assert "image_missing" in paths["/api/v1/instances/{sop_uid}/{kind}.png"]["get"]["responses"]["404"]["description"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]

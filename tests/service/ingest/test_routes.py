@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import bearer, make_mr_dicom, make_settings, read_back
 from kombu import Connection
+from pydicom.encaps import encapsulate
 from sqlalchemy import func, select
 
 from service.app import create_app
@@ -241,7 +242,9 @@ def test_bad_input_refuses_the_whole_request_and_leaves_nothing(
     assert response.status_code == status, response.json()
     assert response.json()["error"]["code"] == code
     index = len(files) - 1
-    assert response.json()["error"]["message"].startswith(f"files[{index}] {files[index][0]!r}: ")
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"files[{index}]: ")
+    assert all(name not in message for name, _ in files)  # filenames can carry patient data
     assert row_counts(settings) == (0, 0, 0, 0)
     assert stored_files(settings) == []
     assert broker_messages(settings) == []
@@ -312,10 +315,10 @@ def test_files_are_counted_while_read(tmp_path: Path) -> None:
     from service.ingest.errors import UploadTooLarge
     from service.ingest.reading import NamedUpload, read_all
 
-    uploads = [NamedUpload(0, "a", io.BytesIO(b"x" * 600)), NamedUpload(1, "b", io.BytesIO(b"y" * 600))]
-    with pytest.raises(UploadTooLarge, match=r"files\[1\] 'b': the upload exceeds the 1000-byte limit"):
+    uploads = [NamedUpload(0, io.BytesIO(b"x" * 600)), NamedUpload(1, io.BytesIO(b"y" * 600))]
+    with pytest.raises(UploadTooLarge, match=r"^files\[1\]: the upload exceeds the 1000-byte limit$"):
         read_all(uploads, 1000)
-    assert read_all([NamedUpload(0, "a", io.BytesIO(b"x" * 600))], 1000) == [b"x" * 600]
+    assert read_all([NamedUpload(0, io.BytesIO(b"x" * 600))], 1000) == [b"x" * 600]
 
 
 @pytest.mark.parametrize(("role", "status"), [(None, 401), (Role.reader, 403), (Role.ingest, 202), (Role.admin, 202)])
@@ -373,6 +376,86 @@ def test_a_series_uid_reused_in_another_study_is_409(client: TestClient, ingest:
     assert post(client, ingest, ("a.dcm", make_mr_dicom(study_uid="1.2.8", series_uid="1.2.8.1"))).status_code == 202
     response = post(client, ingest, ("b.dcm", make_mr_dicom(study_uid="1.2.9", series_uid="1.2.8.1", seed=3)))
     assert (response.status_code, response.json()["error"]["code"]) == (409, "conflict")
-    assert response.json()["error"]["message"].startswith("files[0] 'b.dcm': (0020,000E)")
+    assert response.json()["error"]["message"].startswith("files[0]: (0020,000E)")
     assert row_counts(settings) == (1, 1, 1, 1)
     assert len(stored_files(settings)) == 1
+
+
+def test_a_refusal_never_echoes_the_filename(client: TestClient, ingest: str) -> None:
+    response = post(client, ingest, ("ok.dcm", make_mr_dicom()), ("Doe^Jane MRN-4711.dcm", b""))
+    assert (response.status_code, response.json()["error"]["message"]) == (422, "files[1]: the file is empty (0 bytes)")
+
+
+def test_a_duplicate_raises_its_studys_priority(client: TestClient, ingest: str, settings: Settings) -> None:
+    data = make_mr_dicom(study_uid="1.2.61")
+    assert post(client, ingest, ("a.dcm", data)).status_code == 202
+    again = post(client, ingest, ("a.dcm", data), clinical_priority="stat")
+    assert again.status_code == 202 and again.json()["duplicates"] == 1
+    assert post(client, ingest, ("a.dcm", data), clinical_priority="urgent").status_code == 202
+    with unit_of_work(settings) as db:
+        assert db.scalars(select(Study.clinical_priority)).one() == 2  # raised by the duplicate, never lowered
+
+
+def dicom_for(patient_id: str, *, study_uid: str, seed: int) -> bytes:
+    return make_mr_dicom(study_uid=study_uid, series_uid=f"{study_uid}.{seed}", patient_id=patient_id, seed=seed)
+
+
+@pytest.mark.parametrize("second", ["dicom", "png", "same_request"])
+def test_a_study_uid_of_another_patient_is_409_and_stores_nothing(
+    client: TestClient, ingest: str, settings: Settings, second: str
+) -> None:
+    uid, first_pid, other_pid = "1.2.62", "PID-FIRST-81", "PID-OTHER-92"
+    if second == "same_request":
+        files = [
+            ("a.dcm", dicom_for(first_pid, study_uid=uid, seed=1)),
+            ("b.dcm", dicom_for(other_pid, study_uid=uid, seed=2)),
+        ]
+        response = post(client, ingest, *files)
+        expected_rows: tuple[int, ...] = (0, 0, 0, 0)
+    else:
+        assert post(client, ingest, ("a.dcm", dicom_for(first_pid, study_uid=uid, seed=1))).status_code == 202
+        broker_messages(settings)
+        if second == "dicom":
+            response = post(client, ingest, ("b.dcm", dicom_for(other_pid, study_uid=uid, seed=2)))
+        else:
+            response = post(client, ingest, ("b.png", raster(".png")), study_instance_uid=uid, patient_id=other_pid)
+        expected_rows = (1, 1, 1, 1)
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "study_patient_mismatch")
+    message = response.json()["error"]["message"]
+    assert first_pid not in message and other_pid not in message
+    assert row_counts(settings) == expected_rows
+    assert len(stored_files(settings)) == expected_rows[2]
+    assert broker_messages(settings) == []
+
+
+def test_the_same_patient_or_an_unnamed_one_joins_the_study(
+    client: TestClient, ingest: str, settings: Settings
+) -> None:
+    assert post(client, ingest, ("a.dcm", dicom_for("PID-1", study_uid="1.2.63", seed=1))).status_code == 202
+    assert post(client, ingest, ("b.dcm", dicom_for("PID-1", study_uid="1.2.63", seed=2))).status_code == 202
+    assert post(client, ingest, ("c.png", raster(".png")), study_instance_uid="1.2.63").status_code == 202
+    assert row_counts(settings) == (1, 3, 3, 3)
+
+
+def mpeg2_dicom() -> bytes:
+    """make_mr_dicom() relabelled as MPEG2 Main Profile (PS3.5 §8.2.5) with encapsulated junk."""
+    ds = read_back(make_mr_dicom())
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"junk" * 64])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_an_unsupported_transfer_syntax_is_refused_with_nothing_stored(
+    client: TestClient, ingest: str, settings: Settings
+) -> None:
+    response = post(client, ingest, ("ok.dcm", make_mr_dicom()), ("video.dcm", mpeg2_dicom()))
+    assert response.status_code == 422, response.json()
+    assert response.json()["error"]["code"] == "unsupported_transfer_syntax"
+    assert response.json()["error"]["message"].startswith("files[1]: ")
+    assert row_counts(settings) == (0, 0, 0, 0)
+    assert stored_files(settings) == []
+    assert broker_messages(settings) == []

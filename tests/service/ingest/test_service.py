@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from helpers import bearer, make_mr_dicom
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from service.db.session import NEW_BLOBS, unit_of_work
-from service.db.tables import AnalysisJob, Instance, Role
+from service.db.tables import AnalysisJob, Instance, Role, Study
+from service.ingest import service as ingest_service
 from service.ingest.dicom_meta import RasterContext
 from service.ingest.reading import ParsedFile, parse_file
-from service.ingest.service import store_one
+from service.ingest.service import store_files, store_one
 from service.settings import Settings
 from service.storage import BlobStore
 
@@ -22,7 +28,7 @@ SOP = "1.2.826.0.1.3680043.99.1"
 
 def parsed(data: bytes) -> ParsedFile:
     meta = parse_file(data, RasterContext("1.2.3", "1.2.3.4"), 1, max_pixels=10_000_000)
-    return ParsedFile(0, "race.dcm", data, meta)
+    return ParsedFile(0, data, meta)
 
 
 class RacingStore(BlobStore):
@@ -68,3 +74,81 @@ def test_a_lost_race_answers_the_winner_and_keeps_only_its_blob(
     files = [p for p in settings.storage_dir.rglob("*") if p.is_file()]
     assert files == [store.path_for(blob_key)]
     assert store.get(blob_key) == theirs
+
+
+class MeetingStore(BlobStore):
+    """Holds each request's first blob write until the other request has written its own too.
+
+    Without ordered locks both requests then hold KEY SHARE locks on both studies and each
+    waits for the other's FOR UPDATE: PostgreSQL reports a deadlock. With the study rows
+    locked up front in id order, the second request waits there, the barrier times out and
+    both requests go through one after the other.
+    """
+
+    def __init__(self, root: Path, barrier: threading.Barrier) -> None:
+        super().__init__(root)
+        self.barrier = barrier
+
+    def put(self, data: bytes) -> tuple[str, int | None]:
+        result = super().put(data)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.barrier.wait(timeout=3)
+        return result
+
+
+def upload_in_thread(settings: Settings, store: BlobStore, files: list[bytes], errors: list[BaseException]) -> None:
+    try:
+        with unit_of_work(settings) as db:
+            parsed_files = [ParsedFile(i, data, parsed(data).meta) for i, data in enumerate(files)]
+            store_files(db, store, parsed_files, priority=None, settings=settings)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@pytest.mark.integration
+def test_two_requests_touching_two_studies_in_opposite_orders_do_not_deadlock(pg_settings: Settings) -> None:
+    def dicom(study: str, seed: int) -> bytes:
+        return make_mr_dicom(study_uid=study, series_uid=f"{study}.1", seed=seed)
+
+    with unit_of_work(pg_settings) as db:  # both studies exist: each request updates, not inserts, them
+        first = [ParsedFile(0, dicom("1.2.71", 1), parsed(dicom("1.2.71", 1)).meta)]
+        store_files(db, BlobStore(pg_settings.storage_dir), first, priority=None, settings=pg_settings)
+        second = [ParsedFile(0, dicom("1.2.72", 2), parsed(dicom("1.2.72", 2)).meta)]
+        store_files(db, BlobStore(pg_settings.storage_dir), second, priority=None, settings=pg_settings)
+    store = MeetingStore(pg_settings.storage_dir, threading.Barrier(2))
+    errors: list[BaseException] = []
+    orders = ([dicom("1.2.71", 3), dicom("1.2.72", 4)], [dicom("1.2.72", 5), dicom("1.2.71", 6)])
+    threads = [threading.Thread(target=upload_in_thread, args=(pg_settings, store, files, errors)) for files in orders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    with unit_of_work(pg_settings) as db:
+        assert db.scalar(select(func.count()).select_from(Instance)) == 6
+
+
+def test_studies_are_recomputed_in_id_order(
+    client: TestClient, tokens: dict[Role, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = {
+        uid: make_mr_dicom(study_uid=uid, series_uid=f"{uid}.1", seed=i) for i, uid in enumerate(("1.2.81", "1.2.82"))
+    }
+    for body in data.values():
+        files = [("files", ("a.dcm", body, "application/dicom"))]
+        assert client.post("/api/v1/uploads", files=files, headers=bearer(tokens[Role.ingest])).status_code == 202
+    with unit_of_work(settings) as db:
+        ids = {study.study_instance_uid: study.id for study in db.scalars(select(Study))}
+    descending = sorted(data, key=lambda uid: ids[uid], reverse=True)
+    seen: list[uuid.UUID] = []
+    real = ingest_service.recompute_study
+
+    def recording(db: Session, study_id: uuid.UUID) -> Study:
+        seen.append(study_id)
+        return real(db, study_id)
+
+    monkeypatch.setattr(ingest_service, "recompute_study", recording)
+    with unit_of_work(settings) as db:
+        files = [ParsedFile(i, data[uid], parsed(data[uid]).meta) for i, uid in enumerate(descending)]
+        store_files(db, BlobStore(settings.storage_dir), files, priority=None, settings=settings)
+    assert seen == sorted(ids.values())
