@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from models.backward_context import BackwardContext, Shape
+from models.backward_context import BackwardContext, Shape, attr
 from models.backward_ops import BACKWARD_OPS
 from models.errors import ModelContractError, UnsupportedCamOp
 from models.manifest import verify_model_file
@@ -30,6 +30,7 @@ TARGET_CLASS = "target_class"
 PROBABILITIES = "probabilities"
 ACTIVATIONS = "activations"
 GRADIENTS = "gradients"
+_PREFIX = "camready/"  # every tensor and node the builder adds (BackwardContext.fresh)
 MIN_OPSET = 16  # ScatterElements(reduction="add") for the MaxPool gradient
 _NON_DIFFERENTIABLE_OUTPUT = {
     *("Shape", "Size", "ArgMax", "ArgMin", "NonZero", "Equal", "Greater", "GreaterOrEqual"),
@@ -54,8 +55,12 @@ def make_cam_ready(
     for tensor, role in ((cam_layer, "cam_layer"), (output_name, "output_name")):
         if tensor not in producers:
             raise ModelContractError(f"{role} {tensor!r} is not produced by any node of the model")
+    _check_reserved_names(graph)
+    shapes = _static_shapes(cam_model)
+    _check_class_score(producers[output_name], shapes)
     score, probabilities = _score_and_probabilities(graph, producers[output_name], output_is_probability)
-    ctx = BackwardContext(shapes=_static_shapes(cam_model), differentiable=set())
+    _check_output_names(graph, probabilities=probabilities, activations=cam_layer)
+    ctx = BackwardContext(shapes=shapes, differentiable=set())
     path = _differentiable_path(graph, ctx, cam_layer, score)
     seed = _one_hot_target(ctx, score)
     gradient = _backpropagate(ctx, path, cam_layer, score, seed)
@@ -70,6 +75,48 @@ def _bump_opset(model: onnx.ModelProto) -> None:
                 raise ModelContractError(f"opset {opset.version} is too old; re-export with opset >= 13")
             opset.version = max(opset.version, MIN_OPSET)
     model.ir_version = max(model.ir_version, 8)
+
+
+def _tensor_names(graph: onnx.GraphProto) -> set[str]:
+    names = {info.name for info in graph.input} | {init.name for init in graph.initializer}
+    return names | {name for node in graph.node for name in (*node.input, *node.output) if name}
+
+
+def _check_reserved_names(graph: onnx.GraphProto) -> None:
+    """``target_class``, ``gradients`` and the ``camready/`` prefix are ours alone."""
+    clashes = sorted(
+        name for name in _tensor_names(graph) if name in (TARGET_CLASS, GRADIENTS) or name.startswith(_PREFIX)
+    )
+    if clashes:
+        raise ModelContractError(
+            f"the model already has tensors named {clashes}; the CAM-ready form adds tensors with these "
+            f"names (reserved: {TARGET_CLASS!r}, {GRADIENTS!r}, {_PREFIX!r}...); rename them"
+        )
+
+
+def _check_output_names(graph: onnx.GraphProto, **sources: str) -> None:
+    """``probabilities``/``activations`` may already name their own source, never another tensor."""
+    names = _tensor_names(graph)
+    for output, source in sources.items():
+        if output in names and output != source:
+            raise ModelContractError(
+                f"the model has a tensor named {output!r} that is not the {output} output ({source!r}); rename it"
+            )
+
+
+def _check_class_score(output_node: onnx.NodeProto, shapes: dict[str, Shape | None]) -> None:
+    """The score is [N, K] and a final Softmax normalises over K (axis -1 or 1)."""
+    output = output_node.output[0]
+    is_softmax = output_node.op_type == "Softmax"
+    shape = shapes.get(output_node.input[0]) if is_softmax else None
+    shape = shape or shapes.get(output)
+    if shape is None:
+        raise ModelContractError(f"the rank of output {output!r} cannot be inferred; the class score must be [N, K]")
+    if len(shape) != 2:
+        raise ModelContractError(f"output {output!r} has rank {len(shape)}; the class score must be [N, K]")
+    axis = attr(output_node, "axis", -1) if is_softmax else -1
+    if axis not in (-1, 1):
+        raise ModelContractError(f"the final Softmax of {output!r} is over axis {axis}; it must be -1 or 1 (classes)")
 
 
 def _score_and_probabilities(
@@ -158,7 +205,8 @@ def _backpropagate(ctx: BackwardContext, path: list[onnx.NodeProto], cam_layer: 
 def _wire_outputs(graph: onnx.GraphProto, ctx: BackwardContext, **sources: str) -> None:
     float_type = onnx.TensorProto.FLOAT
     for output_name, source in sources.items():
-        ctx.nodes.append(helper.make_node("Identity", [source], [output_name], name=f"camready/{output_name}"))
+        if source != output_name:  # a model output already called "probabilities" is kept as is
+            ctx.nodes.append(helper.make_node("Identity", [source], [output_name], name=f"{_PREFIX}{output_name}"))
     graph.node.extend(ctx.nodes)
     graph.initializer.extend(ctx.initializers)
     del graph.output[:]

@@ -7,25 +7,26 @@ VOI LUT (C.11.2) to 8-bit; colour frames are converted to RGB (C.7.6.3.1.2) and 
 
 import logging
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
+from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, RLELossless
 
+from models.codestream import check_encapsulated_frame
 from models.decoded_image import DecodedImage, Window
+from models.dicom_voi import grayscale_display
 from models.errors import (
     DecompressionBomb,
     InconsistentPixelData,
     NoPixelData,
     UnsupportedTransferSyntax,
 )
-from models.voi import is_valid_window, linear_window, percentile_window, scale_to_uint8
+from models.voi import scale_to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -62,22 +63,22 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     the lesion-bearing central anatomy; per-frame analysis is future work.
 
     Grayscale (MONOCHROME1/2, PS3.3 C.7.6.3.1.2): Modality LUT (C.11.1), then the file's
-    first Window Center/Width with the linear function of C.11.2.1.2.1, else a 0.5-99.5
-    percentile window; MONOCHROME1 is inverted after windowing so that high is bright.
+    first Window Center/Width with its VOI LUT Function (C.11.2.1.2-3), else its VOI LUT
+    Sequence, else a 0.5-99.5 percentile window; functional groups of an enhanced object
+    come first (see ``dicom_voi``). MONOCHROME1 is inverted after the VOI LUT so that high
+    is bright.
     Colour (RGB, YBR_*) is converted to RGB by the decoder and scaled, never windowed;
     PALETTE COLOR goes through its lookup tables (C.7.6.3.1.5).
     """
     geometry = _geometry(ds, max_pixels)
-    _check_pixel_data(ds, geometry)
     index = geometry.frames // 2
+    _check_pixel_data(ds, geometry, index, max_pixels)
     frame = _decode_frame(ds, index)
     if geometry.photometric == PALETTE:
         return _image(_palette_to_rgb(frame, ds), geometry, index, None)
     if geometry.photometric in COLOR:
         return _image(scale_to_uint8(frame, _bits_stored(ds, geometry)), geometry, index, None)
-    values = _modality_values(frame, ds)
-    window = _stored_window(ds) or percentile_window(values)
-    display = linear_window(values, window)
+    display, window = grayscale_display(frame, ds, index)
     if geometry.photometric == "MONOCHROME1":
         display = 255 - display
     return _image(display, geometry, index, window)
@@ -85,14 +86,6 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
 
 def _image(pixels: npt.NDArray[np.uint8], geometry: _Geometry, index: int, window: Window | None) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(pixels), "dicom", geometry.frames, index, window)
-
-
-def _modality_values(frame: npt.NDArray[np.generic], ds: Dataset) -> npt.NDArray[np.float64]:
-    """PS3.3 C.11.1: Rescale Slope/Intercept or a Modality LUT Sequence, to output units."""
-    try:
-        return np.asarray(apply_modality_lut(frame, ds), dtype=np.float64)
-    except _DECODE_ERRORS as exc:
-        raise InconsistentPixelData(f"modality LUT / rescale values are unusable: {_one_line(exc)}") from exc
 
 
 def _palette_to_rgb(frame: npt.NDArray[np.generic], ds: Dataset) -> npt.NDArray[np.uint8]:
@@ -152,20 +145,33 @@ def _bits_stored(ds: Dataset, geometry: _Geometry) -> int:
     return geometry.bits_allocated
 
 
-def _check_pixel_data(ds: Dataset, geometry: _Geometry) -> None:
-    """Refuse syntaxes nothing here decodes, and native pixel data whose length lies."""
+def _check_pixel_data(ds: Dataset, geometry: _Geometry, index: int, max_pixels: int) -> None:
+    """Refuse syntaxes nothing here decodes, native pixel data whose length lies, and
+    compressed frames whose codestream header declares another size or a bomb."""
+    syntax = _transfer_syntax(ds)
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise UnsupportedTransferSyntax(f"no pixel decoder for transfer syntax {syntax.name}") from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        raise UnsupportedTransferSyntax(f"no installed plugin decodes {syntax.name} ({missing})")
+    if decoder.is_native:
+        _check_native_length(len(ds.PixelData or b""), geometry)
+    else:
+        check_encapsulated_frame(
+            ds, index, rows=geometry.rows, columns=geometry.columns, frames=geometry.frames, max_pixels=max_pixels
+        )
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """(0002,0010) Transfer Syntax UID: present and single-valued (PS3.10 7.1, VM 1)."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if not syntax:
         raise UnsupportedTransferSyntax("dataset has no (0002,0010) Transfer Syntax UID")
-    try:
-        decoder = get_decoder(UID(syntax))
-    except NotImplementedError as exc:
-        raise UnsupportedTransferSyntax(f"no pixel decoder for transfer syntax {UID(syntax).name}") from exc
-    if not decoder.is_available:
-        missing = "; ".join(decoder.missing_dependencies)
-        raise UnsupportedTransferSyntax(f"no installed plugin decodes {UID(syntax).name} ({missing})")
-    if decoder.is_native:
-        _check_native_length(len(ds.PixelData or b""), geometry)
+    if not isinstance(syntax, str):
+        raise UnsupportedTransferSyntax("(0002,0010) Transfer Syntax UID is not a single UID")
+    return UID(syntax)
 
 
 def _check_native_length(actual: int, geometry: _Geometry) -> None:
@@ -207,32 +213,3 @@ def _decode_frame(ds: Dataset, index: int) -> npt.NDArray[np.generic]:
 def _one_line(exc: Exception) -> str:
     """pydicom's decoder messages name elements and plugins, never patient data."""
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _stored_window(ds: Dataset) -> Window | None:
-    """The first (0028,1050) Window Center / (0028,1051) Window Width pair, if usable."""
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is None or width is None:
-        return None
-    try:
-        window = (_as_float(_first(center)), _as_float(_first(width)))
-    except (TypeError, ValueError, IndexError):
-        logger.warning("ignoring a Window Center/Width that is not numeric")
-        return None
-    if not is_valid_window(window):
-        logger.warning("ignoring Window Width %s (PS3.3 C.11.2.1.2 requires >= 1)", window[1])
-        return None
-    return window
-
-
-def _first(value: object) -> object:
-    """Window Center/Width may be multi-valued (PS3.3 C.11.2.1.2); the first pair is the default."""
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return value[0]
-    return value
-
-
-def _as_float(value: object) -> float:
-    if not isinstance(value, int | float | str):
-        raise TypeError(f"not a number: {type(value).__name__}")
-    return float(value)

@@ -8,12 +8,22 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
-from models.errors import UnreadableDicom
+from models.errors import DecompressionBomb, UnreadableDicom
 
 PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
+DEFAULT_MAX_INFLATED_BYTES = 256 << 20  # a deflated dataset may not inflate past 256 MiB (one study slice is far less)
+DICOM_PREFIX = b"DICM"
 
 # What pydicom's parser raises on malformed bytes (it has no single base exception);
 # found by the damaged-file tests: OSError "No tag to read", zlib.error from deflate.
@@ -23,16 +33,18 @@ _PARSE_ERRORS = (
 )  # fmt: skip
 
 
-def read_dicom(data: bytes) -> Dataset:
+def read_dicom(data: bytes, *, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> Dataset:
     """Parse DICOM bytes; files without preamble/meta are accepted only if they hold a SOP Instance UID.
 
     Every element is converted here, so later attribute access cannot fail on malformed
     values. The transfer syntax of a file without one is inferred from how it parsed.
+    A Deflated Explicit VR Little Endian dataset (PS3.5 A.5) that inflates past
+    ``max_inflated_bytes`` raises DecompressionBomb.
     """
     if not data:
         raise UnreadableDicom("empty input: 0 bytes is not a DICOM file")
     try:
-        ds = _parse(data)
+        ds = _parse(data, max_inflated_bytes)
         _check_complete(ds)
         for _ in ds.iterall():
             pass
@@ -42,7 +54,12 @@ def read_dicom(data: bytes) -> Dataset:
     return ds
 
 
-def _parse(data: bytes) -> Dataset:
+def _parse(data: bytes, max_inflated_bytes: int) -> Dataset:
+    inflated = _inflate_dataset(data, max_inflated_bytes)
+    if inflated is not None:  # now a well-formed Explicit VR Little Endian file
+        ds = dcmread(BytesIO(inflated))
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        return ds
     try:
         return dcmread(BytesIO(data))
     except InvalidDicomError:
@@ -50,6 +67,37 @@ def _parse(data: bytes) -> Dataset:
     if "SOPInstanceUID" not in ds:
         raise UnreadableDicom("no 'DICM' prefix and no (0008,0018) SOP Instance UID: not a DICOM dataset")
     return ds
+
+
+def _inflate_dataset(data: bytes, max_bytes: int) -> bytes | None:
+    """PS3.5 A.5: the whole dataset after the File Meta Information is raw deflate.
+
+    pydicom inflates it with no bound; here it is inflated up to ``max_bytes`` and
+    rewritten as an Explicit VR Little Endian file. None when the file is not deflated.
+    """
+    fp = BytesIO(data)
+    preamble = read_preamble(fp, force=True)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    body = _bounded_inflate(data[fp.tell() :], max_bytes)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    out.write((preamble or bytes(128)) + DICOM_PREFIX)
+    write_file_meta_info(out, meta, enforce_standard=False)
+    out.write(body)
+    return out.getvalue()
+
+
+def _bounded_inflate(deflated: bytes, max_bytes: int) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = inflater.decompress(deflated, max_bytes + 1)
+    if len(inflated) > max_bytes:
+        raise DecompressionBomb(f"deflated dataset inflates past the {max_bytes}-byte limit")
+    if not inflater.eof:
+        raise UnreadableDicom("deflated dataset is truncated: the deflate stream does not end")
+    return inflated
 
 
 def _check_complete(ds: Dataset) -> None:

@@ -23,7 +23,8 @@ DICOM_PREFIX = b"DICM"
 DICOM_PREFIX_OFFSET = 128
 
 # SOFn markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# F7 is JPEG-LS SOF55 (ITU-T T.87 C.2.2), same layout, as found in DICOM JPEG-LS frames.
+_JPEG_SOF = (frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xF7}
 # Markers with no length field: TEM, RSTn, SOI, EOI (T.81 B.1.1.3).
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xDA)})
 _JPEG_SOS = 0xDA
@@ -51,7 +52,7 @@ def png_dimensions(data: bytes) -> tuple[int, int]:
 
 
 def jpeg_dimensions(data: bytes) -> tuple[int, int]:
-    """(width, height) from the first SOFn frame header, walking marker segments from SOI."""
+    """(width, height) from the first SOFn (or JPEG-LS SOF55) frame header, walking marker segments from SOI."""
     offset = 2
     while offset + 4 <= len(data):
         if data[offset] != 0xFF:

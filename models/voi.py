@@ -1,6 +1,7 @@
 """Value-of-interest windowing to 8-bit display values (PS3.3 C.11.2)."""
 
 import math
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -13,11 +14,36 @@ UInt8Array = npt.NDArray[np.uint8]
 DISPLAY_MAX = 255.0
 ROBUST_PERCENTILES = (0.5, 99.5)
 
+# (0028,1056) VOI LUT Function defined terms, PS3.3 C.11.2.1.3; absent means LINEAR.
+VoiFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
+VOI_FUNCTIONS: tuple[VoiFunction, ...] = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
-def is_valid_window(window: Window) -> bool:
-    """PS3.3 C.11.2.1.2: Window Width shall be >= 1; both values must be finite."""
+
+def is_valid_window(window: Window, function: VoiFunction = "LINEAR") -> bool:
+    """Both values finite; Window Width >= 1 for LINEAR (C.11.2.1.2), > 0 otherwise (C.11.2.1.3)."""
     center, width = window
-    return math.isfinite(center) and math.isfinite(width) and width >= 1.0
+    least_ok = width >= 1.0 if function == "LINEAR" else width > 0.0
+    return math.isfinite(center) and math.isfinite(width) and least_ok
+
+
+def apply_window(values: FloatArray, window: Window, function: VoiFunction) -> UInt8Array:
+    """Apply the VOI LUT Function ``function`` (PS3.3 C.11.2.1.2/C.11.2.1.3) with output range 0..255.
+
+    LINEAR_EXACT: y = ((x - c) / w + 0.5) * 255, clipped to 0..255 (C.11.2.1.3.2).
+    SIGMOID: y = 255 / (1 + exp(-4 (x - c) / w)) (C.11.2.1.3.1).
+    """
+    if function == "LINEAR":
+        return linear_window(values, window)
+    center, width = window
+    if not is_valid_window(window, function):
+        raise ValueError(f"window width must be finite and > 0 for {function}, got {width!r}")
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):  # exp overflow far below the center is 0 output, as intended
+            mapped = DISPLAY_MAX / (1.0 + np.exp(-4.0 * (values - center) / width))
+    else:
+        mapped = ((values - center) / width + 0.5) * DISPLAY_MAX
+    display: UInt8Array = np.rint(np.clip(mapped, 0.0, DISPLAY_MAX)).astype(np.uint8)
+    return display
 
 
 def linear_window(values: FloatArray, window: Window) -> UInt8Array:

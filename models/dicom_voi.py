@@ -1,0 +1,172 @@
+"""One grayscale frame to display values: Modality LUT (PS3.3 C.11.1), then VOI LUT (C.11.2).
+
+Enhanced multi-frame objects keep these attributes in functional groups (C.7.6.16):
+Pixel Value Transformation (C.7.6.16.2.9) holds Rescale Slope/Intercept and Frame VOI
+LUT (C.7.6.16.2.10) holds Window Center/Width, VOI LUT Function and possibly a VOI LUT
+Sequence. The Per-Frame item of the chosen frame overrides the Shared item; top-level
+attributes are the fallback.
+"""
+
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID, ExplicitVRBigEndian
+
+from models.decoded_image import Window
+from models.errors import InconsistentPixelData
+from models.voi import (
+    VOI_FUNCTIONS,
+    VoiFunction,
+    apply_window,
+    is_valid_window,
+    percentile_window,
+    scale_to_uint8,
+)
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+UInt8Array = npt.NDArray[np.uint8]
+
+# What pydicom's LUT functions raise on malformed descriptors or data.
+_LUT_ERRORS = (
+    ValueError, AttributeError, TypeError, KeyError, IndexError, NotImplementedError, RuntimeError, struct.error,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _StoredWindow:
+    window: Window
+    function: VoiFunction
+
+
+def grayscale_display(frame: npt.NDArray[np.generic], ds: Dataset, index: int) -> tuple[UInt8Array, Window | None]:
+    """Display values of frame ``index`` and the window applied (None for a VOI LUT).
+
+    The VOI source is the first of per-frame group, shared group and top level that has
+    a usable Window Center/Width, else the first with a VOI LUT Sequence; with neither,
+    a 0.5-99.5 percentile LINEAR window.
+    """
+    values = modality_values(frame, ds, index)
+    sources = [*_group_items(ds, index, "FrameVOILUTSequence"), ds]
+    for source in sources:
+        stored = _stored_window(source)
+        if stored is not None:
+            return apply_window(values, stored.window, stored.function), stored.window
+    for source in sources:
+        if source.get("VOILUTSequence"):
+            return _apply_voi_lut_sequence(values, source, ds), None
+    window = percentile_window(values)
+    return apply_window(values, window, "LINEAR"), window
+
+
+def modality_values(frame: npt.NDArray[np.generic], ds: Dataset, index: int) -> FloatArray:
+    """PS3.3 C.11.1: Rescale Slope/Intercept (functional group first) or a Modality LUT Sequence."""
+    rescales = [item for item in _group_items(ds, index, "PixelValueTransformationSequence") if _has_rescale(item)]
+    source = rescales[0] if rescales else ds
+    try:
+        return np.asarray(apply_modality_lut(frame, source), dtype=np.float64)
+    except _LUT_ERRORS as exc:
+        raise InconsistentPixelData(f"modality LUT / rescale values are unusable: {_one_line(exc)}") from exc
+
+
+def _has_rescale(item: Dataset) -> bool:
+    return "RescaleSlope" in item and "RescaleIntercept" in item
+
+
+def _group_items(ds: Dataset, index: int, keyword: str) -> list[Dataset]:
+    """The ``keyword`` macro items for frame ``index``: per-frame first, then shared (C.7.6.16)."""
+    items = []
+    for groups_keyword, position in (
+        ("PerFrameFunctionalGroupsSequence", index),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        groups = ds.get(groups_keyword)
+        if not isinstance(groups, DicomSequence) or len(groups) <= position:
+            continue
+        macro = groups[position].get(keyword)
+        if isinstance(macro, DicomSequence) and len(macro) > 0:
+            items.append(macro[0])
+    return items
+
+
+def _apply_voi_lut_sequence(values: FloatArray, source: Dataset, ds: Dataset) -> UInt8Array:
+    """PS3.3 C.11.2.1.1: the first VOI LUT, indexed by modality output, scaled to 0..255.
+
+    Inputs below the first mapped value take the first entry, inputs past the table the
+    last. (pydicom's ``apply_voi`` indexes an 8-bit LUT with a uint8 array, so inputs
+    past 255 wrap; the lookup is done here instead.)
+    """
+    try:
+        lut = source.VOILUTSequence[0]
+        entries, first_mapped, bits = (int(v) for v in lut.LUTDescriptor)
+        table = _lut_data(lut.LUTData, ds)
+    except _LUT_ERRORS as exc:
+        raise InconsistentPixelData(f"VOI LUT Sequence is unusable: {_one_line(exc)}") from exc
+    entries = entries or 2**16  # PS3.3 C.11.2.1.1: 0 means 65536 entries
+    if not 8 <= bits <= 16 or table.size < entries:
+        raise InconsistentPixelData(
+            f"VOI LUT Sequence is unusable: {table.size} entries of {bits} bits for a {entries}-entry table"
+        )
+    positions = np.clip(np.rint(values) - first_mapped, 0, entries - 1).astype(np.intp)
+    return scale_to_uint8(table[positions], bits)
+
+
+def _lut_data(data: object, ds: Dataset) -> npt.NDArray[np.int64]:
+    """(0028,3006) LUT Data: US/SS values, or OW bytes in the dataset's byte order."""
+    if isinstance(data, bytes):
+        big_endian = UID(ds.file_meta.TransferSyntaxUID) == ExplicitVRBigEndian
+        return np.frombuffer(data, dtype=">u2" if big_endian else "<u2").astype(np.int64)
+    values = data if isinstance(data, Sequence) else [data]
+    return np.asarray(values, dtype=np.int64)
+
+
+def _stored_window(source: Dataset) -> _StoredWindow | None:
+    """The first (0028,1050) Window Center / (0028,1051) Window Width pair, if usable."""
+    center, width = source.get("WindowCenter"), source.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    function = _voi_function(source)
+    try:
+        window = (_as_float(_first(center)), _as_float(_first(width)))
+    except (TypeError, ValueError, IndexError):
+        logger.warning("ignoring a Window Center/Width that is not numeric")
+        return None
+    if not is_valid_window(window, function):
+        logger.warning("ignoring Window Width %s, out of range for %s (PS3.3 C.11.2.1)", window[1], function)
+        return None
+    return _StoredWindow(window, function)
+
+
+def _voi_function(source: Dataset) -> VoiFunction:
+    """(0028,1056) VOI LUT Function; absent or unknown means LINEAR (C.11.2.1.3)."""
+    value = str(source.get("VOILUTFunction") or "LINEAR").strip().upper()
+    for function in VOI_FUNCTIONS:
+        if value == function:
+            return function
+    logger.warning("unknown VOI LUT Function %r; using LINEAR", value[:16])
+    return "LINEAR"
+
+
+def _first(value: object) -> object:
+    """Window Center/Width may be multi-valued (PS3.3 C.11.2.1.2); the first pair is the default."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return value[0]
+    return value
+
+
+def _as_float(value: object) -> float:
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"not a number: {type(value).__name__}")
+    return float(value)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
