@@ -37,7 +37,6 @@ class ClaimedJob:
     instance_id: uuid.UUID
     study_id: uuid.UUID
     blob_key: str
-    source_kind: str
 
     def log_ids(self) -> dict[str, str]:
         return {"job_id": str(self.job_id), "instance_id": str(self.instance_id), "study_id": str(self.study_id)}
@@ -64,11 +63,11 @@ def claim_job(settings: Settings, job_id: uuid.UUID, worker_name: str) -> Claime
         if attempts is None:
             return None
         instance = db.execute(
-            select(Instance.id, Instance.study_id, Instance.blob_key, Instance.source_kind)
+            select(Instance.id, Instance.study_id, Instance.blob_key)
             .join(AnalysisJob, AnalysisJob.instance_id == Instance.id)
             .where(AnalysisJob.id == job_id)
         ).one()
-    return ClaimedJob(job_id, attempts, instance.id, instance.study_id, instance.blob_key, instance.source_kind)
+    return ClaimedJob(job_id, attempts, instance.id, instance.study_id, instance.blob_key)
 
 
 def end_if_owned(

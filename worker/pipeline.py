@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 
 from models.errors import ModelLibraryError
 from models.inference import Classifier, Explanation
-from models.pixels import DecodedImage, decode_dicom, decode_raster, read_dicom
+from models.pixels import decode_image
 from models.render import BoundingBox, contour, encode_png, heatmap_rgb, overlay
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import AnalysisResult, JobStatus
@@ -145,7 +145,7 @@ def render_analysis(claim: ClaimedJob, *, settings: Settings, classifier: Classi
     """Load, decode, explain and render one instance; no database access."""
     started = time.perf_counter()
     data = load_blob(BlobStore(settings.storage_dir), claim.blob_key)
-    decoded = decode_source(data, claim.source_kind, max_pixels=settings.max_image_pixels)
+    decoded = decode_image(data, max_pixels=settings.max_image_pixels)
     decoded_at = time.perf_counter()
     explanation = classifier.explain(decoded.pixels, method=settings.cam_method)
     explained_at = time.perf_counter()
@@ -175,13 +175,6 @@ def load_blob(store: BlobStore, key: str) -> bytes:
         return store.get(key)
     except FileNotFoundError:
         raise BlobMissing(f"stored file {key[:12]}… is missing") from None
-
-
-def decode_source(data: bytes, source_kind: str, *, max_pixels: int) -> DecodedImage:
-    """DICOM through pydicom (first frame, VOI applied); PNG and JPEG through the raster decoder."""
-    if source_kind == "dicom":
-        return decode_dicom(read_dicom(data), max_pixels=max_pixels)
-    return decode_raster(data, max_pixels=max_pixels)
 
 
 def render_images(

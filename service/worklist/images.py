@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import uuid
 
-import cv2
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.pixels import decode_image
+from models.render import encode_png
 from service.db.tables import AnalysisResult, Instance
 from service.errors import NotFound
 from service.storage import BlobStore
@@ -75,9 +75,4 @@ def _result_key(result: AnalysisResult, kind: ImageKind) -> str:
 
 def render_png(data: bytes, *, max_pixels: int) -> bytes:
     """Decode a stored DICOM/PNG/JPEG to display pixels and encode them as PNG."""
-    pixels = decode_image(data, max_pixels=max_pixels).pixels
-    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels  # OpenCV writes BGR
-    ok, encoded = cv2.imencode(".png", bgr)
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the image as PNG")
-    return bytes(encoded.tobytes())
+    return encode_png(decode_image(data, max_pixels=max_pixels).pixels)
