@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import PG_ADMIN_URL, REDIS_URL, issue_token, make_settings
+from helpers import REDIS_URL, issue_token, make_settings, scratch_pg_database, services_available
 from sqlalchemy import create_engine, text
 
 from service.app import create_app
@@ -26,18 +24,6 @@ from service.db.tables import Role
 from service.settings import Settings
 
 SKIPPED_INTEGRATION: list[str] = []
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def services_available() -> bool:
-    return _port_open("127.0.0.1", 5432) and _port_open("127.0.0.1", 6379)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -76,19 +62,12 @@ def settings(tmp_path: Path, sqlite_template: Path) -> Settings:
 @pytest.fixture(scope="session")
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this run, built by Alembic, dropped at the end."""
-    name = f"sightline_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    from service.db.session import _factory
+    with scratch_pg_database("sightline_test") as url:
+        upgrade(url)
+        yield url
+        from service.db.session import _factory
 
-    _factory.cache_clear()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        _factory.cache_clear()
 
 
 @pytest.fixture()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from sqlalchemy import create_engine, text
 
 from service.auth.tokens import create_token
 from service.db.session import unit_of_work
@@ -98,3 +103,28 @@ def make_mr_dicom(
 
 def read_back(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def services_available() -> bool:
+    """PostgreSQL and Redis both answer on 127.0.0.1 (the integration tests' and bench's services)."""
+    for port in (5432, 6379):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def scratch_pg_database(prefix: str) -> Iterator[str]:
+    """An empty PostgreSQL database of its own, dropped (connections and all) on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

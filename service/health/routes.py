@@ -47,7 +47,7 @@ def healthz() -> dict[str, str]:
 )
 def readyz(settings: AppSettings) -> JSONResponse:
     checks = {
-        "database": _check_database(settings.database_url, settings),
+        "database": _check_database(settings),
         "broker": _check_broker(settings.broker_url),
         "storage": BlobStore(settings.storage_dir).writable(),
     }
@@ -62,7 +62,7 @@ def metrics(settings: AppSettings) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _check_database(_: str, settings: AppSettings) -> bool:
+def _check_database(settings: AppSettings) -> bool:
     try:
         with session_factory(settings)() as db:
             db.execute(text("SELECT 1"))

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helpers import PG_ADMIN_URL, bearer, issue_token, make_mr_dicom, make_settings
-from sqlalchemy import create_engine, func, select, text
+from helpers import bearer, issue_token, make_mr_dicom, make_settings, scratch_pg_database
+from sqlalchemy import func, select
 from stack import ServiceProcess, api_argv, free_port, wait_healthy, worker_argv
 
 from service.db.migrate import upgrade
@@ -46,18 +45,9 @@ def _database(workdir: Path, production: bool) -> Iterator[Settings]:
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
-    name = f"sightline_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with scratch_pg_database("sightline_bench") as url:
         upgrade(url)
         yield make_settings(workdir, database_url=url, broker_url=REDIS_URL)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager

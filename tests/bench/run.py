@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from end_to_end import push_and_wait, running_stack
+from helpers import services_available
 from model_latency import LatencyFigures, measure_latency, raw_parallel_throughput, raw_throughput
 
 from models.inference import Classifier
@@ -25,17 +26,6 @@ from models.registry import get_manifest
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _services_up() -> bool:
-    import socket
-
-    for port in (5432, 6379):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-    return True
 
 
 def main() -> int:
@@ -48,7 +38,7 @@ def main() -> int:
     )
     parser.add_argument("--embedded", action="store_true", help="use SQLite even when PostgreSQL/Redis are up")
     args = parser.parse_args()
-    production = _services_up() and not args.embedded
+    production = services_available() and not args.embedded
     with tempfile.TemporaryDirectory(prefix="sightline-bench-") as tmp:
         workdir = Path(tmp)
         cache = workdir / "model-cache"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from helpers import PG_ADMIN_URL
-from sqlalchemy import create_engine, inspect, text
+from helpers import scratch_pg_database
+from sqlalchemy import create_engine, inspect
 
 from service.db.migrate import downgrade, upgrade
 from service.db.tables import Base
@@ -51,16 +50,8 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def empty_pg_database() -> Iterator[str]:
-    name = f"sightline_mig_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_pg_database("sightline_mig") as url:
+        yield url
 
 
 @pytest.mark.integration
