@@ -22,6 +22,70 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK_BYTES = 1 << 20
 
 PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Scope(BaseModel):
+    """What the model may score (DICOM attributes of PS3.3 C.7.3.1, C.7.6.1, C.7.6.3, C.12.1).
+
+    An instance outside the scope is stored and shown, marked ``not_applicable`` with the
+    first failed rule as its reason, and never scored. Empty lists accept any value.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    modalities: list[str] = []
+    body_parts: list[str] = []  # (0018,0015) Body Part Examined, checked only when present
+    sop_classes: list[str] = []
+    image_type_values: list[str] = ["ORIGINAL", "PRIMARY"]  # (0008,0008) values 1 and 2, when present
+    image_type_excluded: list[str] = ["LOCALIZER"]  # no value of (0008,0008) may be one of these
+    photometric: list[str] = ["MONOCHROME1", "MONOCHROME2"]
+    min_size: PositiveInt = 64  # rows and columns at least this
+    raster_images: bool = False  # PNG/JPEG uploads carry no attributes: in scope only if the model was made for them
+
+
+class InputPolicy(BaseModel):
+    """How the model's input is made from stored pixels, apart from the display window.
+
+    ``full_range``: the frame's own minimum..maximum of modality values to 0..255;
+    ``percentile``: the ``percentiles`` of the frame to 0..255 (clipped);
+    ``stored_window``: the display window, as a viewer shows the frame.
+    ``resize``: ``pil_bicubic`` (Pillow's antialiased bicubic, what Keras-era packages
+    use), ``area`` or ``bilinear`` (OpenCV).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    intensity: Literal["full_range", "percentile", "stored_window"] = "full_range"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    resize: Literal["pil_bicubic", "area", "bilinear"] = "area"
+
+    @model_validator(mode="after")
+    def _check_percentiles(self) -> "InputPolicy":
+        low, high = self.percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        return self
+
+
+class RegionPolicy(BaseModel):
+    """When a CAM is drawn as a region (contour and box) rather than "no focal region"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_tumour_score: Fraction = 0.5  # calibrated slice tumour probability
+    min_strength: Annotated[float, Field(ge=0.0)] = 0.0  # unnormalised CAM maximum, in the method's units
+    level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5  # fraction of the map maximum that bounds the region
+    max_head_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25  # a larger region is not focal
+
+
+class Aggregation(BaseModel):
+    """Series score from per-slice scores: the best mean over ``window`` adjacent slices."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["adjacent_window"] = "adjacent_window"
+    window: PositiveInt = 3
 
 
 class ModelManifest(BaseModel):
@@ -45,6 +109,12 @@ class ModelManifest(BaseModel):
     center_crop: Annotated[float, Field(gt=0, le=1)] | None = None
     output_is_probability: bool
     cam_layer: Annotated[str, Field(min_length=1)]
+    cam_method: Literal["gradcam", "hirescam"] = "gradcam"
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0  # Guo et al. 2017 temperature scaling of the logits
+    scope: Scope = Scope()
+    input_policy: InputPolicy = InputPolicy()
+    region: RegionPolicy = RegionPolicy()
+    aggregation: Aggregation = Aggregation()
     onnx_path: Annotated[str, Field(min_length=1)]
     sha256: str
 
