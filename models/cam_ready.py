@@ -5,13 +5,15 @@ score with respect to a convolutional activation. Instead of a training framewor
 the backward pass of the head (the nodes between the CAM layer and the score) as ONNX
 nodes, so one ONNX Runtime call returns everything. Inputs gain ``target_class`` [N]
 (int64, -1 = the predicted class); outputs become ``probabilities`` [N, K],
-``activations`` and ``gradients`` (both shaped like the CAM layer, NCHW).
+``activations`` and ``gradients`` (both NCHW: a CAM layer of another known layout,
+such as NHWC in tf2onnx exports, is transposed; see ``models.cam_layout``).
 """
 
 import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +22,17 @@ from onnx import helper
 
 from models.backward_context import BackwardContext, Shape, attr
 from models.backward_ops import BACKWARD_OPS
+from models.cam_layout import NCHW, trace_layout
 from models.errors import ModelContractError, UnsupportedCamOp
 from models.manifest import verify_model_file
 
 logger = logging.getLogger(__name__)
 
 CAM_READY_VERSION = "v1"
+BUILDER_SOURCES = ("backward_context.py", "backward_ops.py", "backward_pool.py", "cam_layout.py", "cam_ready.py")
 TARGET_CLASS = "target_class"
+PREDICTED_TARGET = -1  # target_class value: explain the predicted class
+TUMOUR_TARGET = -2  # target_class value: explain the most likely tumour class
 PROBABILITIES = "probabilities"
 ACTIVATIONS = "activations"
 GRADIENTS = "gradients"
@@ -39,9 +45,18 @@ _NON_DIFFERENTIABLE_OUTPUT = {
 
 
 def make_cam_ready(
-    model: onnx.ModelProto, *, cam_layer: str, output_name: str, output_is_probability: bool = True
+    model: onnx.ModelProto,
+    *,
+    cam_layer: str,
+    output_name: str,
+    output_is_probability: bool = True,
+    tumour_classes: Sequence[int] = (),
 ) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are probabilities, activations and their gradients.
+
+    ``target_class`` -1 explains the predicted class; -2 the most likely of
+    ``tumour_classes`` (so a "no tumour" prediction still gets the map of where a tumour
+    would be, in the same single run).
 
     When ``output_name`` is produced by a Softmax the score is its input (the logit);
     otherwise the output itself is differentiated, and it is soft-maxed for
@@ -62,9 +77,10 @@ def make_cam_ready(
     _check_output_names(graph, probabilities=probabilities, activations=cam_layer)
     ctx = BackwardContext(shapes=shapes, differentiable=set())
     path = _differentiable_path(graph, ctx, cam_layer, score)
-    seed = _one_hot_target(ctx, score)
+    seed = _one_hot_target(ctx, score, tumour_classes)
     gradient = _backpropagate(ctx, path, cam_layer, score, seed)
-    _wire_outputs(graph, ctx, probabilities=probabilities, activations=cam_layer, gradients=gradient)
+    activations, gradient = _as_nchw(ctx, graph, cam_layer, gradient)
+    _wire_outputs(graph, ctx, probabilities=probabilities, activations=activations, gradients=gradient)
     return cam_model
 
 
@@ -178,11 +194,19 @@ def _differentiable_path(
     return path[::-1]
 
 
-def _one_hot_target(ctx: BackwardContext, score: str) -> str:
-    """d(sum_n score[n, t_n]) / d score: one-hot rows; t_n = argmax where target_class < 0."""
+def _one_hot_target(ctx: BackwardContext, score: str, tumour_classes: Sequence[int]) -> str:
+    """d(sum_n score[n, t_n]) / d score: one-hot rows; t_n = argmax where target_class = -1,
+    the argmax over ``tumour_classes`` where it is -2 (softmax is monotone, so the argmax of
+    the score is the argmax of the probabilities)."""
     predicted = ctx.emit("ArgMax", [score], axis=-1, keepdims=0)
     use_predicted = ctx.emit("Less", [TARGET_CLASS, ctx.constant(0, dtype=np.int64)])
     target = ctx.emit("Where", [use_predicted, predicted, TARGET_CLASS])
+    if tumour_classes:
+        indices = ctx.constant(list(tumour_classes), np.int64)
+        subset = ctx.emit("Gather", [score, indices], axis=-1)
+        best_tumour = ctx.emit("Gather", [indices, ctx.emit("ArgMax", [subset], axis=-1, keepdims=0)], axis=0)
+        use_tumour = ctx.emit("Equal", [TARGET_CLASS, ctx.constant(TUMOUR_TARGET, dtype=np.int64)])
+        target = ctx.emit("Where", [use_tumour, best_tumour, target])
     depth = ctx.emit(
         "Slice", [ctx.emit("Shape", [score]), ctx.constant([-1], np.int64), ctx.constant([2**62], np.int64)]
     )
@@ -200,6 +224,21 @@ def _backpropagate(ctx: BackwardContext, path: list[onnx.NodeProto], cam_layer: 
             if grad is not None and ctx.is_diff(name):
                 grads.setdefault(name, []).append(grad)
     return ctx.accumulate(grads[cam_layer])
+
+
+def _as_nchw(ctx: BackwardContext, graph: onnx.GraphProto, cam_layer: str, gradient: str) -> tuple[str, str]:
+    """Transpose a CAM layer of known non-NCHW layout (e.g. NHWC after a tf2onnx Transpose)
+    and its gradient to NCHW; an unknown layout is taken as NCHW (the contract check refuses
+    a model whose declared input layout proves otherwise)."""
+    permutation = trace_layout(graph, cam_layer).permutation
+    if permutation is None or permutation == NCHW:
+        return cam_layer, gradient
+    if cam_layer == ACTIVATIONS:
+        raise ModelContractError(
+            f"cam_layer {cam_layer!r} is not NCHW and must be transposed into the {ACTIVATIONS!r} output; rename it"
+        )
+    to_nchw = [permutation.index(axis) for axis in range(len(permutation))]
+    return ctx.emit("Transpose", [cam_layer], perm=to_nchw), ctx.emit("Transpose", [gradient], perm=to_nchw)
 
 
 def _wire_outputs(graph: onnx.GraphProto, ctx: BackwardContext, **sources: str) -> None:
@@ -222,6 +261,7 @@ def cam_ready_path(
     cam_layer: str,
     output_name: str,
     output_is_probability: bool = True,
+    tumour_classes: Sequence[int] = (),
 ) -> Path:
     """Build the CAM-ready model once per file and keep it in ``cache_dir``.
 
@@ -233,8 +273,9 @@ def cam_ready_path(
     """
     verify_model_file(onnx_path, sha256)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    head = hashlib.sha256(f"{cam_layer}\0{output_name}\0{output_is_probability}".encode()).hexdigest()
-    target = cache_dir / f"{sha256}-camready-{CAM_READY_VERSION}-{head[:12]}.onnx"
+    spec = f"{cam_layer}\0{output_name}\0{output_is_probability}\0{list(tumour_classes)}"
+    head = hashlib.sha256(spec.encode()).hexdigest()
+    target = cache_dir / f"{sha256}-camready-{CAM_READY_VERSION}-{BUILDER_HASH}-{head[:12]}.onnx"
     if target.is_file():
         return target
     logger.info("building CAM-ready model", extra={"model_sha256": sha256, "cam_layer": cam_layer})
@@ -243,6 +284,7 @@ def cam_ready_path(
         cam_layer=cam_layer,
         output_name=output_name,
         output_is_probability=output_is_probability,
+        tumour_classes=tumour_classes,
     )
     handle, temp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{sha256}-", suffix=".tmp")
     os.close(handle)
@@ -252,3 +294,16 @@ def cam_ready_path(
     finally:
         Path(temp_name).unlink(missing_ok=True)
     return target
+
+
+def builder_hash(folder: Path = Path(__file__).parent) -> str:
+    """First 12 hex digits of the sha256 of the builder's own sources: editing the builder
+    renames every cache entry, so a CAM-ready file is never reused across builder changes."""
+    digest = hashlib.sha256()
+    for name in sorted(BUILDER_SOURCES):
+        digest.update(f"{name}\0".encode())
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+BUILDER_HASH = builder_hash()

@@ -24,6 +24,13 @@ class DecodedImage:
     frame_count: int
     frame_index: int
     window: Window | None
+    model_input: npt.NDArray[np.uint8] | None = None  # made by the manifest's input policy, when asked for
+    input_window: Window | None = None  # the (center, width) that made ``model_input``
+
+    @property
+    def model_pixels(self) -> npt.NDArray[np.uint8]:
+        """What the classifier is fed: the policy's picture, or the display pixels (rasters, colour)."""
+        return self.pixels if self.model_input is None else self.model_input
 
     @property
     def is_color(self) -> bool:

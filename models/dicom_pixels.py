@@ -7,7 +7,7 @@ VOI LUT (C.11.2) to 8-bit; colour frames are converted to RGB (C.7.6.3.1.2) and 
 
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -19,13 +19,15 @@ from pydicom.uid import UID, RLELossless
 
 from models.codestream import check_encapsulated_frame
 from models.decoded_image import DecodedImage, Window
-from models.dicom_voi import grayscale_display
+from models.dicom_voi import grayscale_display, modality_values
 from models.errors import (
     DecompressionBomb,
     InconsistentPixelData,
     NoPixelData,
     UnsupportedTransferSyntax,
 )
+from models.manifest import InputPolicy
+from models.model_input import grey_model_picture
 from models.voi import scale_to_uint8
 
 logger = logging.getLogger(__name__)
@@ -55,12 +57,18 @@ class _Geometry:
     photometric: str
 
 
-def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode one frame of ``ds`` to display-ready uint8 pixels.
+def decode_dicom(
+    ds: Dataset,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    index: int | None = None,
+    input_policy: InputPolicy | None = None,
+) -> DecodedImage:
+    """Decode frame ``index`` of ``ds`` to display-ready uint8 pixels.
 
-    The classifier sees one 2-D slice; for a multi-frame object we take the middle frame
-    (index frame_count // 2), which for a brain volume is the slice most likely to include
-    the lesion-bearing central anatomy; per-frame analysis is future work.
+    ``index`` None is the middle frame (frame_count // 2): the picture shown before
+    analysis. The worker decodes every frame, and with ``input_policy`` also makes the
+    model's input picture from the modality values (``models.model_input``).
 
     Grayscale (MONOCHROME1/2, PS3.3 C.7.6.3.1.2): Modality LUT (C.11.1), then the file's
     first Window Center/Width with its VOI LUT Function (C.11.2.1.2-3), else its VOI LUT
@@ -71,7 +79,9 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     PALETTE COLOR goes through its lookup tables (C.7.6.3.1.5).
     """
     geometry = _geometry(ds, max_pixels)
-    index = geometry.frames // 2
+    index = geometry.frames // 2 if index is None else index
+    if not 0 <= index < geometry.frames:
+        raise InconsistentPixelData(f"frame {index} is outside the {geometry.frames} frame(s) of the object")
     _check_pixel_data(ds, geometry, index, max_pixels)
     frame = _decode_frame(ds, index)
     if geometry.photometric == PALETTE:
@@ -79,9 +89,16 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     if geometry.photometric in COLOR:
         return _image(scale_to_uint8(frame, _bits_stored(ds, geometry)), geometry, index, None)
     display, window = grayscale_display(frame, ds, index)
-    if geometry.photometric == "MONOCHROME1":
+    inverted = geometry.photometric == "MONOCHROME1"
+    if inverted:
         display = 255 - display
-    return _image(display, geometry, index, window)
+    if input_policy is None:
+        return _image(display, geometry, index, window)
+    values = np.asarray(modality_values(frame, ds, index), dtype=np.float32)
+    picture = grey_model_picture(values, display, window, input_policy, invert=inverted)
+    return replace(
+        _image(display, geometry, index, window), model_input=picture.pixels, input_window=picture.input_window
+    )
 
 
 def _image(pixels: npt.NDArray[np.uint8], geometry: _Geometry, index: int, window: Window | None) -> DecodedImage:
@@ -199,15 +216,48 @@ def _check_native_length(actual: int, geometry: _Geometry) -> None:
 
 
 def _decode_frame(ds: Dataset, index: int) -> npt.NDArray[np.generic]:
-    """Decode frame ``index`` only; YBR is converted to RGB by the decoder (``as_rgb``)."""
+    """Decode frame ``index`` only; YBR is converted to RGB by the decoder (``as_rgb``).
+
+    The frame may be a read-only view on the Pixel Data (see ``_native_view``): never write to it.
+    """
     try:
         plugin = _PLUGIN_FOR.get(ds.file_meta.TransferSyntaxUID, "")
-        frame: npt.NDArray[np.generic] = pixel_array(ds, index=index, decoding_plugin=plugin)
+        frame = _native_view(ds, index)
+        if frame is None:
+            frame = pixel_array(ds, index=index, decoding_plugin=plugin)
     except NotImplementedError as exc:
         raise UnsupportedTransferSyntax(f"pixel data cannot be decoded here: {_one_line(exc)}") from exc
     except _DECODE_ERRORS as exc:
         raise InconsistentPixelData(f"pixel data could not be decoded: {_one_line(exc)}") from exc
     return frame.astype(frame.dtype.newbyteorder("="), copy=False)
+
+
+def _native_view(ds: Dataset, index: int) -> npt.NDArray[np.generic] | None:
+    """Frame ``index`` of native little-endian grayscale as a view on (7FE0,0010): no frame-sized copy.
+
+    None where pydicom copies anyway (encapsulated, big endian, bit-packed, colour) and
+    where a pixel has unused high bits set (PS3.5 8.1.1): the copy pydicom then makes
+    with ``correct_unused_bits`` masks them (unsigned) or sign-extends (signed).
+    """
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if syntax.is_encapsulated or not syntax.is_little_endian or photometric not in MONOCHROME or ds.BitsAllocated < 8:
+        return None
+    view: npt.NDArray[np.generic] = pixel_array(ds, index=index, view_only=True, correct_unused_bits=False)
+    return view if _within_bits_stored(view, int(ds.BitsStored)) else None
+
+
+def _within_bits_stored(frame: npt.NDArray[np.generic], bits_stored: int) -> bool:
+    """True when every pixel already is what pydicom's unused-bit correction would make it.
+
+    min and max are reductions, so the check allocates nothing frame-sized.
+    """
+    if bits_stored >= 8 * frame.dtype.itemsize or frame.size == 0:
+        return True
+    signed = frame.dtype.kind == "i"
+    low = -(1 << (bits_stored - 1)) if signed else 0
+    high = (1 << (bits_stored - 1 if signed else bits_stored)) - 1
+    return low <= int(frame.min()) and int(frame.max()) <= high
 
 
 def _one_line(exc: Exception) -> str:

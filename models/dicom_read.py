@@ -59,6 +59,7 @@ def _parse(data: bytes, max_inflated_bytes: int) -> Dataset:
     if inflated is not None:  # now a well-formed Explicit VR Little Endian file
         ds = dcmread(BytesIO(inflated))
         ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.buffer = None  # nothing is deferred: let the inflated copy go once the elements are read out of it
         return ds
     try:
         return dcmread(BytesIO(data))
@@ -74,23 +75,23 @@ def _inflate_dataset(data: bytes, max_bytes: int) -> bytes | None:
 
     pydicom inflates it with no bound; here it is inflated up to ``max_bytes`` and
     rewritten as an Explicit VR Little Endian file. None when the file is not deflated.
+    The inflated body is copied once, into the rewritten file; the deflated input not at all.
     """
     fp = BytesIO(data)
     preamble = read_preamble(fp, force=True)
     meta = _read_file_meta_info(fp)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return None
-    body = _bounded_inflate(data[fp.tell() :], max_bytes)
+    body = _bounded_inflate(memoryview(data)[fp.tell() :], max_bytes)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = DicomBytesIO()
     out.is_little_endian, out.is_implicit_VR = True, False
     out.write((preamble or bytes(128)) + DICOM_PREFIX)
     write_file_meta_info(out, meta, enforce_standard=False)
-    out.write(body)
-    return out.getvalue()
+    return out.getvalue() + body
 
 
-def _bounded_inflate(deflated: bytes, max_bytes: int) -> bytes:
+def _bounded_inflate(deflated: memoryview, max_bytes: int) -> bytes:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     inflated = inflater.decompress(deflated, max_bytes + 1)
     if len(inflated) > max_bytes:

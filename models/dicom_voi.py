@@ -8,9 +8,11 @@ attributes are the fallback.
 """
 
 import logging
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,19 +24,23 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 from models.decoded_image import Window
 from models.errors import InconsistentPixelData
 from models.voi import (
+    ROBUST_PERCENTILES,
     VOI_FUNCTIONS,
     VoiFunction,
     apply_window,
     is_valid_window,
+    lookup_uint8,
     percentile_window,
     scale_to_uint8,
+    window_for_range,
 )
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
+FloatArray = npt.NDArray[np.float32]
 UInt8Array = npt.NDArray[np.uint8]
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # What pydicom's LUT functions raise on malformed descriptors or data.
 _LUT_ERRORS = (
     ValueError, AttributeError, TypeError, KeyError, IndexError, NotImplementedError, RuntimeError, struct.error,
@@ -54,31 +60,85 @@ def grayscale_display(frame: npt.NDArray[np.generic], ds: Dataset, index: int) -
     a usable Window Center/Width, else the first with a VOI LUT Sequence; with neither,
     a 0.5-99.5 percentile LINEAR window.
     """
-    values = modality_values(frame, ds, index)
     sources = [*_group_items(ds, index, "FrameVOILUTSequence"), ds]
     for source in sources:
         stored = _stored_window(source)
         if stored is not None:
-            return apply_window(values, stored.window, stored.function), stored.window
+            return apply_window(modality_values(frame, ds, index), stored.window, stored.function), stored.window
     for source in sources:
         if source.get("VOILUTSequence"):
-            return _apply_voi_lut_sequence(values, source, ds), None
-    window = percentile_window(values)
-    return apply_window(values, window, "LINEAR"), window
+            return _apply_voi_lut_sequence(modality_values(frame, ds, index), source, ds), None
+    window = _percentile_window(frame, ds, index)
+    return apply_window(modality_values(frame, ds, index), window, "LINEAR"), window
 
 
 def modality_values(frame: npt.NDArray[np.generic], ds: Dataset, index: int) -> FloatArray:
-    """PS3.3 C.11.1: Rescale Slope/Intercept (functional group first) or a Modality LUT Sequence."""
-    rescales = [item for item in _group_items(ds, index, "PixelValueTransformationSequence") if _has_rescale(item)]
-    source = rescales[0] if rescales else ds
-    try:
-        return np.asarray(apply_modality_lut(frame, source), dtype=np.float64)
-    except _LUT_ERRORS as exc:
-        raise InconsistentPixelData(f"modality LUT / rescale values are unusable: {_one_line(exc)}") from exc
+    """PS3.3 C.11.1: Rescale Slope/Intercept (functional group first) or a Modality LUT Sequence.
+
+    One float32 copy of the frame, rescaled in place: exact for stored values of up to
+    24 bits, within float32 rounding (about 6e-8 relative) otherwise.
+    """
+    source = _modality_source(ds, index)
+    rescale = _rescale(source)
+    if rescale is None:
+        try:
+            return np.asarray(apply_modality_lut(frame, source), dtype=np.float32)
+        except _LUT_ERRORS as exc:
+            raise InconsistentPixelData(f"modality LUT / rescale values are unusable: {_one_line(exc)}") from exc
+    slope, intercept = rescale
+    values = frame.astype(np.float32)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
+    return values
+
+
+def _percentile_window(frame: npt.NDArray[Any], ds: Dataset, index: int) -> Window:
+    """``percentile_window`` of the modality values, at half its memory under a rescale.
+
+    A rescale is affine, and percentiles (linearly interpolated) commute with affine maps;
+    a negative slope swaps the symmetric 0.5th and 99.5th. So the stored values are
+    partitioned (a copy of 2 bytes a pixel for 16-bit data) rather than float32 values.
+    """
+    source = _modality_source(ds, index)
+    rescale = _rescale(source)
+    if rescale is None:
+        return percentile_window(modality_values(frame, ds, index))
+    slope, intercept = rescale
+    low, high = sorted(float(p) * slope + intercept for p in np.percentile(frame, ROBUST_PERCENTILES))
+    return window_for_range(low, high)
 
 
 def _has_rescale(item: Dataset) -> bool:
     return "RescaleSlope" in item and "RescaleIntercept" in item
+
+
+def _modality_source(ds: Dataset, index: int) -> Dataset:
+    """The Pixel Value Transformation item with a rescale for frame ``index``, else the top level."""
+    rescales = [item for item in _group_items(ds, index, "PixelValueTransformationSequence") if _has_rescale(item)]
+    return rescales[0] if rescales else ds
+
+
+def _rescale(source: Dataset) -> tuple[float, float] | None:
+    """(0028,1053) Rescale Slope and (0028,1052) Rescale Intercept; (1, 0) when absent.
+
+    None when a Modality LUT Sequence (0028,3000) takes their place, as pydicom decides.
+    Values must be finite in float32, where the modality values are computed.
+    """
+    if source.get("ModalityLUTSequence"):
+        return None
+    if not _has_rescale(source):
+        return 1.0, 0.0
+    try:
+        slope, intercept = float(source.RescaleSlope), float(source.RescaleIntercept)
+    except (TypeError, ValueError) as exc:
+        raise InconsistentPixelData(f"modality LUT / rescale values are unusable: {_one_line(exc)}") from exc
+    if not all(math.isfinite(value) and abs(value) <= _FLOAT32_MAX for value in (slope, intercept)):
+        raise InconsistentPixelData(
+            f"modality LUT / rescale values are unusable: slope {slope!r} / intercept {intercept!r} overflow float32"
+        )
+    return slope, intercept
 
 
 def _group_items(ds: Dataset, index: int, keyword: str) -> list[Dataset]:
@@ -115,8 +175,7 @@ def _apply_voi_lut_sequence(values: FloatArray, source: Dataset, ds: Dataset) ->
         raise InconsistentPixelData(
             f"VOI LUT Sequence is unusable: {table.size} entries of {bits} bits for a {entries}-entry table"
         )
-    positions = np.clip(np.rint(values) - first_mapped, 0, entries - 1).astype(np.intp)
-    return scale_to_uint8(table[positions], bits)
+    return lookup_uint8(values, scale_to_uint8(table[:entries], bits), first_mapped)
 
 
 def _lut_data(data: object, ds: Dataset) -> npt.NDArray[np.int64]:

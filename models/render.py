@@ -37,40 +37,38 @@ def encode_png(img: npt.NDArray[np.uint8]) -> bytes:
     return bytes(encoded.tobytes())
 
 
-def resize_cam(cam: CamMap, size: tuple[int, int]) -> CamMap:
-    """Bilinear resize of a 0..1 map to (height, width), clipped back to 0..1."""
+def resize_map(cam: CamMap, size: tuple[int, int]) -> CamMap:
+    """The one resize of a raw CAM: bilinear, straight from the CAM layer's grid to the
+    original (height, width), negative interpolation overshoot clipped to 0."""
     if cam.ndim != 2 or cam.size == 0:
         raise InvalidImageArray(f"expected a 2-D CAM, got shape {cam.shape}")
     height, width = size
-    resized = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+    resized = cv2.resize(np.ascontiguousarray(cam, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.maximum(resized, 0.0, out=resized)
 
 
-def heatmap_rgb(cam: CamMap, size: tuple[int, int], colormap: int = cv2.COLORMAP_JET) -> RgbImage:
-    """The map resized to ``size`` and coloured (JET: 0 = blue, 1 = red)."""
-    levels = np.round(resize_cam(cam, size) * 255.0).astype(np.uint8)
+def heatmap_rgb(levels01: CamMap, colormap: int = cv2.COLORMAP_JET) -> RgbImage:
+    """A 0..1 map (already at the image's size) coloured: JET, 0 = blue, 1 = red."""
+    levels = np.round(np.clip(levels01, 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.asarray(cv2.cvtColor(cv2.applyColorMap(levels, colormap), cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
-def overlay(image: npt.NDArray[np.uint8], cam: CamMap, alpha: float = 0.4) -> RgbImage:
-    """The heatmap blended over the original at the original resolution."""
+def overlay(image: npt.NDArray[np.uint8], levels01: CamMap, alpha: float = 0.4) -> RgbImage:
+    """The heatmap blended over the original, both at the original resolution."""
     if not 0.0 <= alpha <= 1.0:
         raise InvalidImageArray(f"alpha must be within 0..1, got {alpha}")
     base = as_rgb(image)
-    heat = heatmap_rgb(cam, base.shape[:2])
-    return np.asarray(cv2.addWeighted(heat, alpha, base, 1.0 - alpha, 0.0), dtype=np.uint8)
+    if levels01.shape != base.shape[:2]:
+        raise InvalidImageArray(f"map {levels01.shape} and image {base.shape[:2]} differ in size")
+    return np.asarray(cv2.addWeighted(heatmap_rgb(levels01), alpha, base, 1.0 - alpha, 0.0), dtype=np.uint8)
 
 
-def contour(image: npt.NDArray[np.uint8], cam: CamMap, threshold: float = 0.5) -> tuple[RgbImage, BoundingBox | None]:
-    """Outline the largest region where the map reaches ``threshold`` and draw its bounding box.
-
-    Returns the drawing and the box in original-image pixels, or None when no region reaches it.
-    """
+def outline(image: npt.NDArray[np.uint8], region: npt.NDArray[np.bool_] | None) -> tuple[RgbImage, BoundingBox | None]:
+    """The image with the region's outline and bounding box drawn; unchanged (RGB) without a region."""
     base = as_rgb(image).copy()
-    mask = (resize_cam(cam, base.shape[:2]) >= threshold).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
+    if region is None or not region.any():
         return base, None
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     largest = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
     thickness = max(1, round(min(base.shape[:2]) / 200))
     x, y, width, height = cv2.boundingRect(largest)

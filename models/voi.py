@@ -1,6 +1,12 @@
-"""Value-of-interest windowing to 8-bit display values (PS3.3 C.11.2)."""
+"""Value-of-interest windowing to 8-bit display values (PS3.3 C.11.2).
+
+Everything works in float32 on one block of values at a time, with in-place ufuncs on a
+1 MiB scratch buffer: the only frame-sized allocation is the uint8 result. Callers' arrays
+are never modified.
+"""
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -8,11 +14,14 @@ import numpy.typing as npt
 
 from models.decoded_image import Window
 
-FloatArray = npt.NDArray[np.float64]
+FloatArray = npt.NDArray[np.float32]
 UInt8Array = npt.NDArray[np.uint8]
+# Writes the rounded 0..255 display values of a block of input into a float32 scratch of its size.
+BlockMap = Callable[[npt.NDArray[np.generic], FloatArray], None]
 
 DISPLAY_MAX = 255.0
 ROBUST_PERCENTILES = (0.5, 99.5)
+BLOCK_VALUES = 1 << 18  # 1 MiB of float32 scratch: cache-sized, and few enough Python round trips per frame
 
 # (0028,1056) VOI LUT Function defined terms, PS3.3 C.11.2.1.3; absent means LINEAR.
 VoiFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
@@ -38,49 +47,132 @@ def apply_window(values: FloatArray, window: Window, function: VoiFunction) -> U
     if not is_valid_window(window, function):
         raise ValueError(f"window width must be finite and > 0 for {function}, got {width!r}")
     if function == "SIGMOID":
-        with np.errstate(over="ignore"):  # exp overflow far below the center is 0 output, as intended
-            mapped = DISPLAY_MAX / (1.0 + np.exp(-4.0 * (values - center) / width))
-    else:
-        mapped = ((values - center) / width + 0.5) * DISPLAY_MAX
-    display: UInt8Array = np.rint(np.clip(mapped, 0.0, DISPLAY_MAX)).astype(np.uint8)
-    return display
+        return _map_blocks(values, _sigmoid(center, width))
+    return _map_blocks(values, _ramp(center, DISPLAY_MAX / width))
 
 
 def linear_window(values: FloatArray, window: Window) -> UInt8Array:
     """Apply the LINEAR VOI LUT function of PS3.3 C.11.2.1.2.1 with output range 0..255.
 
     ``values`` are modality LUT output (e.g. Hounsfield units). Width 1 is the standard's
-    threshold case: values <= center - 0.5 go to 0, the rest to 255.
+    threshold case: values <= center - 0.5 go to 0, the rest to 255. Otherwise the ramp
+    ((x - (c - 0.5)) / (w - 1) + 0.5) * 255, clipped, which is 0 at and below
+    c - 0.5 - (w - 1) / 2 and 255 above c - 0.5 + (w - 1) / 2 as the standard asks.
     """
     center, width = window
     if not is_valid_window(window):
         raise ValueError(f"window width must be finite and >= 1, got {width!r}")
-    lower = center - 0.5 - (width - 1.0) / 2.0
-    upper = center - 0.5 + (width - 1.0) / 2.0
     if width == 1.0:
-        threshold: UInt8Array = np.where(values <= lower, 0, 255).astype(np.uint8)
-        return threshold
-    ramp = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * DISPLAY_MAX
-    mapped = np.where(values <= lower, 0.0, np.where(values > upper, DISPLAY_MAX, ramp))
-    display: UInt8Array = np.rint(np.clip(mapped, 0.0, DISPLAY_MAX)).astype(np.uint8)
-    return display
+        return _map_blocks(values, _threshold(center - 0.5))
+    return _map_blocks(values, _ramp(center - 0.5, DISPLAY_MAX / (width - 1.0)))
 
 
 def percentile_window(values: FloatArray) -> Window:
     """A robust window when the file carries none: the 0.5th..99.5th percentile range.
 
-    Chosen so that the linear function above maps the low percentile to 0 and the high one
-    to 255 exactly; a handful of hot or dead pixels cannot squash the rest of the frame.
-    A constant frame gets width 1 and renders black.
+    See ``window_for_range``. np.percentile partitions one copy of ``values`` in their own
+    dtype (4 bytes a pixel for float32 modality values), never a float64 copy.
     """
     low, high = (float(p) for p in np.percentile(values, ROBUST_PERCENTILES))
+    return window_for_range(low, high)
+
+
+def window_for_range(low: float, high: float) -> Window:
+    """The LINEAR window that maps ``low`` to 0 and ``high`` to 255 exactly.
+
+    With percentiles as the range, a handful of hot or dead pixels cannot squash the rest
+    of the frame. A constant frame gets width 1 and renders black.
+    """
     return ((low + high + 1.0) / 2.0, high - low + 1.0)
 
 
 def scale_to_uint8(values: npt.NDArray[np.generic], bits: int) -> UInt8Array:
-    """Linearly map 0..2**bits-1 onto 0..255 (colour data is already display values)."""
+    """Linearly map 0..2**bits-1 onto 0..255 (colour data is already display values).
+
+    x * 255 is exact in float32 for inputs up to 16 bits and the one division is correctly
+    rounded, so the result equals a float64 computation (no input lands within rounding
+    error of a .5: 2**bits - 1 is odd).
+    """
     if bits == 8 and values.dtype == np.uint8:
         return np.ascontiguousarray(values)
-    full_scale = float(2**bits - 1)
-    scaled = values.astype(np.float64) * (DISPLAY_MAX / full_scale)
-    return np.rint(np.clip(scaled, 0.0, DISPLAY_MAX)).astype(np.uint8)
+    full_scale = np.float32(2**bits - 1)
+
+    def scale(block: npt.NDArray[np.generic], scratch: FloatArray) -> None:
+        np.multiply(block, np.float32(DISPLAY_MAX), out=scratch, dtype=np.float32)
+        np.divide(scratch, full_scale, out=scratch)
+        _clip_and_round(scratch)
+
+    return _map_blocks(values, scale)
+
+
+def lookup_uint8(values: FloatArray, table: UInt8Array, first_mapped: int) -> UInt8Array:
+    """``table[rint(x) - first_mapped]``, the index clamped to the table (PS3.3 C.11.2.1.1 LUT Descriptor)."""
+    last = float(len(table) - 1)
+
+    def look_up(block: npt.NDArray[np.generic], scratch: FloatArray) -> None:
+        np.rint(block, out=scratch, dtype=np.float32)
+        np.subtract(scratch, np.float32(first_mapped), out=scratch)
+        np.clip(scratch, 0.0, last, out=scratch)
+        scratch[...] = table[scratch.astype(np.intp)]
+
+    return _map_blocks(values, look_up)
+
+
+def _ramp(origin: float, gain: float) -> BlockMap:
+    """(x - origin) * gain + 127.5, clipped to 0..255 and rounded; an overflow to +-inf clips as intended."""
+
+    def ramp(block: npt.NDArray[np.generic], scratch: FloatArray) -> None:
+        np.subtract(block, np.float32(origin), out=scratch, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            np.multiply(scratch, np.float32(gain), out=scratch)
+        np.add(scratch, np.float32(DISPLAY_MAX / 2.0), out=scratch)
+        _clip_and_round(scratch)
+
+    return ramp
+
+
+def _threshold(lower: float) -> BlockMap:
+    """0 at or below ``lower``, 255 above (LINEAR with width 1, C.11.2.1.2.1)."""
+
+    def threshold(block: npt.NDArray[np.generic], scratch: FloatArray) -> None:
+        scratch[...] = block > np.float32(lower)
+        np.multiply(scratch, np.float32(DISPLAY_MAX), out=scratch)
+
+    return threshold
+
+
+def _sigmoid(center: float, width: float) -> BlockMap:
+    """255 / (1 + exp(-4 (x - c) / w)); exp overflow far below the center is 0 output, as intended."""
+
+    def sigmoid(block: npt.NDArray[np.generic], scratch: FloatArray) -> None:
+        np.subtract(block, np.float32(center), out=scratch, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            np.multiply(scratch, np.float32(-4.0 / width), out=scratch)
+            np.exp(scratch, out=scratch)
+        np.add(scratch, np.float32(1.0), out=scratch)
+        np.divide(np.float32(DISPLAY_MAX), scratch, out=scratch)
+        np.rint(scratch, out=scratch)
+
+    return sigmoid
+
+
+def _clip_and_round(scratch: FloatArray) -> None:
+    np.clip(scratch, 0.0, DISPLAY_MAX, out=scratch)
+    np.rint(scratch, out=scratch)
+
+
+def _map_blocks(values: npt.NDArray[np.generic], block_map: BlockMap) -> UInt8Array:
+    """The uint8 image of ``values`` under ``block_map``, computed BLOCK_VALUES at a time.
+
+    Only the result is frame-sized (a C-contiguous ``values`` is read in place; any other
+    layout is flattened into one copy first).
+    """
+    display = np.empty(values.shape, dtype=np.uint8)
+    flat_values, flat_display = values.reshape(-1), display.reshape(-1)
+    scratch = np.empty(min(flat_values.size, BLOCK_VALUES), dtype=np.float32)
+    for start in range(0, flat_values.size, BLOCK_VALUES):
+        block = flat_values[start : start + BLOCK_VALUES]
+        block_scratch = scratch[: block.size]
+        block_map(block, block_scratch)
+        flat_display[start : start + block.size] = block_scratch
+    return display

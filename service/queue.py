@@ -19,6 +19,7 @@ from service.settings import Settings, get_settings
 
 ANALYSE_TASK = "sightline.analyse_instance"
 RECONCILE_TASK = "sightline.reconcile"
+SWEEP_SERIES_TASK = "sightline.sweep_series"
 ANALYSIS_QUEUE = "analysis"
 
 logger = logging.getLogger(__name__)

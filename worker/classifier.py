@@ -16,6 +16,8 @@ def load_classifier(settings: Settings) -> Classifier:
     """Build the configured model (the library caches its CAM-ready form on disk)."""
     extra_dirs = [settings.model_manifest_dir] if settings.model_manifest_dir else []
     manifest = get_manifest(settings.model_name, extra_dirs)
+    if settings.cam_method is not None:  # the operator overrides the manifest's method
+        manifest = manifest.model_copy(update={"cam_method": settings.cam_method})
     threads = settings.onnx_threads or None
     return Classifier(manifest, cache_dir=settings.model_cache_dir, intra_op_threads=threads)
 

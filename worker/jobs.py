@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from service.db.session import unit_of_work
 from service.db.tables import AnalysisJob, Instance, JobStatus, utcnow
-from service.db.triage import recompute_study
 from service.metrics import JOB_FAILURES
 from service.settings import Settings
+from worker.series import settle_study
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class ClaimedJob:
     job_id: uuid.UUID
     attempts: int
     instance_id: uuid.UUID
+    series_id: uuid.UUID
     study_id: uuid.UUID
     blob_key: str
 
@@ -63,11 +64,11 @@ def claim_job(settings: Settings, job_id: uuid.UUID, worker_name: str) -> Claime
         if attempts is None:
             return None
         instance = db.execute(
-            select(Instance.id, Instance.study_id, Instance.blob_key)
+            select(Instance.id, Instance.series_id, Instance.study_id, Instance.blob_key)
             .join(AnalysisJob, AnalysisJob.instance_id == Instance.id)
             .where(AnalysisJob.id == job_id)
         ).one()
-    return ClaimedJob(job_id, attempts, instance.id, instance.study_id, instance.blob_key)
+    return ClaimedJob(job_id, attempts, instance.id, instance.series_id, instance.study_id, instance.blob_key)
 
 
 def end_if_owned(
@@ -90,7 +91,7 @@ def fail_job(settings: Settings, claim: ClaimedJob, code: str, message: str) -> 
         if not end_if_owned(db, claim, JobStatus.failed, code=code, message=message):
             logger.warning("job no longer ours; failure not recorded", extra=claim.log_ids())
             return False
-        recompute_study(db, claim.study_id)
+        settle_study(db, claim.study_id, settings)
     JOB_FAILURES.labels(code=code).inc()
     logger.warning("job failed", extra={**claim.log_ids(), "error_code": code, "attempt": claim.attempts})
     return True

@@ -15,23 +15,23 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 import redis.exceptions
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
+from models.analysis import InstanceAnalysis, analyse_object
 from models.errors import ModelLibraryError
-from models.inference import Classifier, Explanation
-from models.pixels import decode_image
-from models.render import BoundingBox, contour, encode_png, heatmap_rgb, overlay
+from models.inference import Classifier
+from models.manifest import ModelManifest
+from models.render import BoundingBox, encode_png, heatmap_rgb, outline, overlay
 from service.db.session import store_blob, unit_of_work
-from service.db.tables import AnalysisResult, JobStatus
-from service.db.triage import recompute_study
+from service.db.tables import AnalysisResult, JobStatus, SliceScore
 from service.logging_setup import error_frames
 from service.metrics import JOB_LATENCY
 from service.settings import Settings
 from service.storage import BlobStore
 from worker.jobs import RETRIES_EXHAUSTED, ClaimedJob, claim_job, end_if_owned, fail_job, release_job
+from worker.series import settle_study
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +64,12 @@ class BlobMissing(Exception):
 class Rendering:
     """Everything one job produces before it is stored."""
 
-    explanation: Explanation
+    analysis: InstanceAnalysis
     pngs: dict[str, bytes]
     bbox: BoundingBox | None
     timings_ms: dict[str, float]
-    model_name: str
-    model_version: str
-    model_sha256: str
-    cam_method: str
+    model: ModelManifest
+    cam_ready_sha256: str
 
 
 def analyse_job(job_id: uuid.UUID, *, settings: Settings, classifier: Classifier, worker_name: str) -> Outcome:
@@ -119,7 +117,8 @@ def _run_claimed(claim: ClaimedJob, *, settings: Settings, classifier: Classifie
         "job succeeded",
         extra={
             **claim.log_ids(),
-            "label": rendering.explanation.label,
+            "label": rendering.analysis.key.explanation.label,
+            "frames": len(rendering.analysis.frames),
             "attempt": claim.attempts,
             "timings_ms": rendering.timings_ms,
         },
@@ -142,32 +141,22 @@ def _after_transient_error(claim: ClaimedJob, settings: Settings, exc: BaseExcep
 
 
 def render_analysis(claim: ClaimedJob, *, settings: Settings, classifier: Classifier) -> Rendering:
-    """Load, decode, explain and render one instance; no database access."""
+    """Load the object, score and explain every frame, render the key frame; no database access."""
     started = time.perf_counter()
     data = load_blob(BlobStore(settings.storage_dir), claim.blob_key)
-    decoded = decode_image(data, max_pixels=settings.max_image_pixels)
-    decoded_at = time.perf_counter()
-    explanation = classifier.explain(decoded.pixels, method=settings.cam_method)
-    explained_at = time.perf_counter()
-    pngs, bbox = render_images(decoded.pixels, explanation.cam, settings)
+    analysis = analyse_object(data, classifier, max_pixels=settings.max_image_pixels)
+    analysed_at = time.perf_counter()
+    pngs, bbox = render_images(analysis, settings)
     finished = time.perf_counter()
+    model_ms = [frame.explanation.timings_ms for frame in analysis.frames]
     timings = {
-        **{key: float(value) for key, value in explanation.timings_ms.items()},
-        "decode": _ms(started, decoded_at),
-        "render": _ms(explained_at, finished),
+        **{key: round(sum(t[key] for t in model_ms), 3) for key in ("preprocess", "inference", "cam")},
+        "frames": float(len(analysis.frames)),
+        "analyse": _ms(started, analysed_at),
+        "render": _ms(analysed_at, finished),
         "total": _ms(started, finished),
     }
-    manifest = classifier.manifest
-    return Rendering(
-        explanation,
-        pngs,
-        bbox,
-        timings,
-        model_name=manifest.name,
-        model_version=manifest.version,
-        model_sha256=classifier.model_sha256,
-        cam_method=settings.cam_method,
-    )
+    return Rendering(analysis, pngs, bbox, timings, classifier.manifest, classifier.cam_ready_sha256)
 
 
 def load_blob(store: BlobStore, key: str) -> bytes:
@@ -177,16 +166,20 @@ def load_blob(store: BlobStore, key: str) -> bytes:
         raise BlobMissing(f"stored file {key[:12]}… is missing") from None
 
 
-def render_images(
-    pixels: npt.NDArray[np.uint8], cam: npt.NDArray[np.float32], settings: Settings
-) -> tuple[dict[str, bytes], BoundingBox | None]:
-    """The four PNGs a radiologist sees, all at the source image's resolution."""
-    height, width = pixels.shape[:2]
-    outlined, bbox = contour(pixels, cam, threshold=settings.contour_threshold)
+def render_images(analysis: InstanceAnalysis, settings: Settings) -> tuple[dict[str, bytes], BoundingBox | None]:
+    """The four PNGs a radiologist sees of the key frame, all at its original resolution.
+
+    The heatmap is the raw map over its own maximum (its strength is stored beside it);
+    the outline is drawn only around a focal region (``models.regions``).
+    """
+    pixels, cam = analysis.display, analysis.cam
+    strength = float(cam.max())
+    levels = cam / strength if strength > 0 else np.zeros_like(cam)
+    outlined, bbox = outline(pixels, analysis.region.mask)
     images = {
         "original": pixels,
-        "heatmap": heatmap_rgb(cam, size=(height, width)),
-        "overlay": overlay(pixels, cam, alpha=settings.overlay_alpha),
+        "heatmap": heatmap_rgb(levels),
+        "overlay": overlay(pixels, levels, alpha=settings.overlay_alpha),
         "contour": outlined,
     }
     return {kind: encode_png(image) for kind, image in images.items()}, bbox
@@ -201,24 +194,42 @@ def store_result(settings: Settings, claim: ClaimedJob, rendering: Rendering) ->
         if not end_if_owned(db, claim, JobStatus.succeeded):
             return False
         keys = {kind: store_blob(db, store, rendering.pngs[kind]) for kind in IMAGE_KINDS}
-        db.add(_result_row(claim, rendering, keys))
+        result = _result_row(claim, rendering, keys)
+        db.add(result)
+        db.add_all(_slice_rows(claim, result.id, rendering))
         db.flush()
-        recompute_study(db, claim.study_id)
+        settle_study(db, claim.study_id, settings)
     return True
 
 
 def _result_row(claim: ClaimedJob, rendering: Rendering, keys: dict[str, str]) -> AnalysisResult:
-    explanation, bbox = rendering.explanation, rendering.bbox
+    analysis, bbox, model = rendering.analysis, rendering.bbox, rendering.model
+    key, region = analysis.key, analysis.region
+    explanation = key.explanation
     return AnalysisResult(
+        id=uuid.uuid4(),
         job_id=claim.job_id,
         instance_id=claim.instance_id,
-        model_name=rendering.model_name,
-        model_version=rendering.model_version,
-        model_sha256=rendering.model_sha256,
-        cam_method=rendering.cam_method,
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.sha256,
+        cam_ready_sha256=rendering.cam_ready_sha256,
+        cam_method=explanation.cam_method,
+        input_policy=model.input_policy.intensity,
+        resize_filter=model.input_policy.resize,
+        input_window=list(key.input_window) if key.input_window else None,
+        display_window=list(key.display_window) if key.display_window else None,
+        temperature=model.temperature,
+        key_frame=key.index,
         label=explanation.label,
         tumour_score=float(explanation.tumour_score),
-        probabilities={label: float(p) for label, p in explanation.probabilities.items()},
+        probabilities=explanation.probabilities,
+        target_label=explanation.target_label,
+        cam_strength=explanation.strength,
+        region_reason=region.reason,
+        region_area_mm2=region.area_mm2,
+        box_width_mm=region.box_mm[0] if region.box_mm else None,
+        box_height_mm=region.box_mm[1] if region.box_mm else None,
         bbox_x=bbox.x if bbox else None,
         bbox_y=bbox.y if bbox else None,
         bbox_width=bbox.width if bbox else None,
@@ -229,6 +240,32 @@ def _result_row(claim: ClaimedJob, rendering: Rendering, keys: dict[str, str]) -
         contour_key=keys["contour"],
         timings_ms=rendering.timings_ms,
     )
+
+
+def _slice_rows(claim: ClaimedJob, result_id: uuid.UUID, rendering: Rendering) -> list[SliceScore]:
+    """One row per scored frame: what the series score and the score curve are made of."""
+    rows = []
+    for frame in rendering.analysis.frames:
+        explanation = frame.explanation
+        cam = np.ascontiguousarray(explanation.cam, dtype=np.float32)
+        rows.append(
+            SliceScore(
+                result_id=result_id,
+                instance_id=claim.instance_id,
+                series_id=claim.series_id,
+                frame_index=frame.index,
+                position=frame.position,
+                tumour_score=float(explanation.tumour_score),
+                label=explanation.label,
+                probabilities=explanation.probabilities,
+                target_label=explanation.target_label,
+                cam_strength=explanation.strength,
+                cam=cam.tobytes(),
+                cam_rows=int(cam.shape[0]),
+                cam_columns=int(cam.shape[1]),
+            )
+        )
+    return rows
 
 
 def _ms(start: float, end: float) -> float:

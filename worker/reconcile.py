@@ -16,11 +16,11 @@ from sqlalchemy import ColumnElement, and_, or_, select
 
 from service.db.session import unit_of_work
 from service.db.tables import AnalysisJob, Instance, JobStatus, utcnow
-from service.db.triage import recompute_study
 from service.metrics import JOB_FAILURES
 from service.queue import enqueue_after_commit
 from service.settings import Settings
 from worker.jobs import RETRIES_EXHAUSTED, deadline_cutoff
+from worker.series import settle_study
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def reconcile_jobs(settings: Settings, *, now: datetime | None = None) -> Reconc
                 job.status, job.enqueued_at = JobStatus.queued, now
                 requeue.append(job.id)
         db.flush()
-        for study_id in failed_studies:
-            recompute_study(db, study_id)
+        for study_id in sorted(failed_studies):
+            settle_study(db, study_id, settings)
         enqueue_after_commit(db, requeue, settings)
     report = ReconcileReport(requeued=len(requeue), failed=len(rows) - len(requeue))
     if rows:

@@ -10,12 +10,13 @@ from typing import Any
 
 from celery import Task
 
-from service.queue import ANALYSE_TASK, RECONCILE_TASK
+from service.queue import ANALYSE_TASK, RECONCILE_TASK, SWEEP_SERIES_TASK
 from service.settings import get_settings
 from worker.app import celery_app
 from worker.classifier import worker_classifier
 from worker.pipeline import TRANSIENT_ERRORS, analyse_job
 from worker.reconcile import reconcile_jobs
+from worker.series import sweep_quiet_series
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +51,9 @@ def analyse_instance(self: Task[Any, Any], job_id: str) -> str:
 def reconcile() -> dict[str, int]:
     """Re-send or fail jobs stuck past the deadline (scheduled by beat)."""
     return reconcile_jobs(get_settings()).as_dict()
+
+
+@celery_app.task(name=SWEEP_SERIES_TASK)  # type: ignore[untyped-decorator]
+def sweep_series() -> int:
+    """Complete and score series that went quiet after their last job finished (scheduled by beat)."""
+    return sweep_quiet_series(get_settings())

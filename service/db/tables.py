@@ -16,10 +16,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -53,6 +55,7 @@ class StudyStatus(enum.StrEnum):
     pending = "pending"  # at least one instance still waiting for analysis
     analysed = "analysed"  # every instance has a result
     failed = "failed"  # nothing pending and at least one instance could not be analysed
+    not_applicable = "not_applicable"  # nothing in the study is something the model may score
 
 
 class Role(enum.StrEnum):
@@ -86,10 +89,16 @@ class Study(Base):
     key_instance_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("instances.id", use_alter=True, ondelete="SET NULL")
     )
+    key_series_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("series.id", use_alter=True, ondelete="SET NULL")
+    )
+    key_frame: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
-    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
+    series: Mapped[list[Series]] = relationship(
+        back_populates="study", order_by="Series.series_number", foreign_keys="Series.study_id"
+    )
 
     __table_args__ = (
         Index("ix_studies_patient_id", "patient_id"),
@@ -107,9 +116,22 @@ class Series(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part: Mapped[str | None] = mapped_column(String(64))
     description: Mapped[str | None] = mapped_column(String(64))
+    # Completeness: a series is complete once no instance arrived for the quiet period and
+    # none of its jobs is pending; a late instance re-opens it (completed_at back to NULL).
+    last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    series_score: Mapped[float | None] = mapped_column(Float)
+    predicted_label: Mapped[str | None] = mapped_column(String(64))
+    scored_slices: Mapped[int] = mapped_column(Integer, default=0)
+    key_instance_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("instances.id", use_alter=True, ondelete="SET NULL")
+    )
+    key_frame: Mapped[int | None] = mapped_column(Integer)
 
-    study: Mapped[Study] = relationship(back_populates="series")
-    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.instance_number")
+    study: Mapped[Study] = relationship(back_populates="series", foreign_keys=[study_id])
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="series", order_by="Instance.instance_number", foreign_keys="Instance.series_id"
+    )
 
 
 class Instance(Base):
@@ -125,12 +147,17 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str | None] = mapped_column(UID)
     blob_key: Mapped[str] = mapped_column(String(80))
     blob_size: Mapped[int] = mapped_column(Integer)
-    rows: Mapped[int] = mapped_column(Integer)
-    columns: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(Integer)  # NULL for objects without pixels (SR, KOS, PR)
+    columns: Mapped[int | None] = mapped_column(Integer)
     frame_count: Mapped[int] = mapped_column(Integer, default=1)
+    not_applicable_reason: Mapped[str | None] = mapped_column(String(200))  # NULL: the model scores it
+    # What makes a re-send "the same instance" (PS3.4 B.4.1.3 leaves it to the SCP): the
+    # patient/study identity attributes and the pixel data; see service.ingest.fingerprint.
+    identity_sha256: Mapped[str | None] = mapped_column(String(64))
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    series: Mapped[Series] = relationship(back_populates="instances")
+    series: Mapped[Series] = relationship(back_populates="instances", foreign_keys=[series_id])
     jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="instance")
     results: Mapped[list[AnalysisResult]] = relationship(back_populates="instance")
 
@@ -166,10 +193,24 @@ class AnalysisResult(Base):
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     model_sha256: Mapped[str] = mapped_column(String(64))
+    cam_ready_sha256: Mapped[str | None] = mapped_column(String(64))
     cam_method: Mapped[str] = mapped_column(String(32))
+    # How the model input was made (models.manifest.InputPolicy) and the windows used.
+    input_policy: Mapped[str | None] = mapped_column(String(32))
+    resize_filter: Mapped[str | None] = mapped_column(String(16))
+    input_window: Mapped[list[float] | None] = mapped_column(JSON)
+    display_window: Mapped[list[float] | None] = mapped_column(JSON)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    key_frame: Mapped[int] = mapped_column(Integer, default=0)  # the frame the images show
     label: Mapped[str] = mapped_column(String(64))
     tumour_score: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
+    target_label: Mapped[str | None] = mapped_column(String(64))
+    cam_strength: Mapped[float | None] = mapped_column(Float)
+    region_reason: Mapped[str | None] = mapped_column(String(200))  # why there is no focal region
+    region_area_mm2: Mapped[float | None] = mapped_column(Float)
+    box_width_mm: Mapped[float | None] = mapped_column(Float)
+    box_height_mm: Mapped[float | None] = mapped_column(Float)
     bbox_x: Mapped[int | None] = mapped_column(Integer)
     bbox_y: Mapped[int | None] = mapped_column(Integer)
     bbox_width: Mapped[int | None] = mapped_column(Integer)
@@ -182,6 +223,36 @@ class AnalysisResult(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     instance: Mapped[Instance] = relationship(back_populates="results")
+    slices: Mapped[list[SliceScore]] = relationship(back_populates="result", order_by="SliceScore.frame_index")
+
+
+class SliceScore(Base):
+    """One scored frame: calibrated probabilities, its place in the volume and its raw CAM.
+
+    Kept per frame so a series can be re-scored (a late instance, another aggregation)
+    without running the model again, and served as the series' score curve.
+    """
+
+    __tablename__ = "slice_scores"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    result_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("analysis_results.id", ondelete="CASCADE"))
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    series_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    frame_index: Mapped[int] = mapped_column(Integer)
+    position: Mapped[float | None] = mapped_column(Float)  # mm along the slice normal
+    tumour_score: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(64))
+    probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
+    target_label: Mapped[str] = mapped_column(String(64))
+    cam_strength: Mapped[float] = mapped_column(Float)
+    cam: Mapped[bytes] = mapped_column(LargeBinary)  # float32, C order, cam_rows x cam_columns
+    cam_rows: Mapped[int] = mapped_column(Integer)
+    cam_columns: Mapped[int] = mapped_column(Integer)
+
+    result: Mapped[AnalysisResult] = relationship(back_populates="slices")
+
+    __table_args__ = (UniqueConstraint("instance_id", "frame_index", name="uq_slice_scores_instance_frame"),)
 
 
 class ApiToken(Base):

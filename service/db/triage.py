@@ -1,7 +1,19 @@
-"""The study's triage state, recomputed from its instances' jobs and results.
+"""The study's triage state, recomputed from its series, jobs and applicability.
 
-Called by ingest (a new instance makes the study pending again) and by the worker (a
-result or a permanent failure). It only flushes; the caller's unit of work commits.
+Called by ingest (a new instance makes the study pending again), by the worker (a result
+or a permanent failure) and by the series sweep. It only flushes; the caller's unit of
+work commits. Rules, in order:
+
+- nothing in the study is applicable (all instances outside the model's scope, or
+  without pixels): ``not_applicable``, no score, no label;
+- a job is queued or running, or an applicable series is not complete yet: ``pending``;
+- at least one applicable series has a score: ``analysed``;
+- otherwise (every applicable instance failed): ``failed``.
+
+The study score is the highest series score (``service.db.series_state``), its key
+series, key instance and key frame come with it. A re-opened series keeps its last score
+until it completes again, so a study does not drop down the worklist while a late slice
+is analysed; its status says ``pending`` meanwhile.
 """
 
 from __future__ import annotations
@@ -11,14 +23,19 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.tables import AnalysisJob, AnalysisResult, Instance, JobStatus, Study, StudyStatus
+from service.db.series_state import PENDING, lock_study
+from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, StudyStatus
 
 
 def recompute_study(db: Session, study_id: uuid.UUID) -> Study:
-    """Triage score = highest tumour score among the study's instances; key instance = its owner."""
-    study = db.get(Study, study_id, with_for_update=True)
-    if study is None:
-        raise LookupError(f"study {study_id} does not exist")
+    """Status, score and key slice of the study from its series rows (see the module rules)."""
+    study = lock_study(db, study_id)
+    db.flush()
+    applicable_series = set(
+        db.scalars(
+            select(Instance.series_id).where(Instance.study_id == study_id, Instance.not_applicable_reason.is_(None))
+        )
+    )
     statuses = set(
         db.scalars(
             select(AnalysisJob.status)
@@ -26,24 +43,24 @@ def recompute_study(db: Session, study_id: uuid.UUID) -> Study:
             .where(Instance.study_id == study_id)
         )
     )
-    best = db.execute(
-        select(AnalysisResult.tumour_score, AnalysisResult.label, AnalysisResult.instance_id)
-        .join(Instance, AnalysisResult.instance_id == Instance.id)
-        .where(Instance.study_id == study_id)
-        .order_by(AnalysisResult.tumour_score.desc(), AnalysisResult.created_at.asc())
-        .limit(1)
-    ).first()
-    study.triage_score = best.tumour_score if best else None
-    study.predicted_label = best.label if best else None
-    study.key_instance_id = best.instance_id if best else None
-    study.status = _study_status(statuses)
+    series = [s for s in db.scalars(select(Series).where(Series.study_id == study_id)) if s.id in applicable_series]
+    scored = [s for s in series if s.series_score is not None]
+    study.status = _status(series, scored, statuses)
+    best = max(scored, key=lambda s: (s.series_score or 0.0, -(s.series_number or 0)), default=None)
+    study.triage_score = best.series_score if best else None
+    study.predicted_label = best.predicted_label if best else None
+    study.key_series_id = best.id if best else None
+    study.key_instance_id = best.key_instance_id if best else None
+    study.key_frame = best.key_frame if best else None
     db.flush()
     return study
 
 
-def _study_status(statuses: set[JobStatus]) -> StudyStatus:
-    if statuses & {JobStatus.queued, JobStatus.running}:
+def _status(series: list[Series], scored: list[Series], statuses: set[JobStatus]) -> StudyStatus:
+    if not series:
+        return StudyStatus.not_applicable
+    if statuses & set(PENDING) or any(s.completed_at is None for s in series):
         return StudyStatus.pending
-    if JobStatus.failed in statuses:
-        return StudyStatus.failed
-    return StudyStatus.analysed
+    if scored:
+        return StudyStatus.analysed
+    return StudyStatus.failed

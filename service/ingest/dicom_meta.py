@@ -9,6 +9,9 @@ an error. Only the three UIDs that identify the instance are required.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -18,6 +21,7 @@ from pydicom.uid import RE_VALID_UID, generate_uid
 
 from models.pixels import DecodedImage
 from service.ingest.errors import InvalidUid
+from service.ingest.fingerprint import dicom_content, dicom_identity, identity_sha256
 
 INT32_MAX = 2**31 - 1
 RASTER_MODALITY = "OT"  # PS3.3 C.7.3.1.1.1: Other
@@ -44,9 +48,12 @@ class InstanceMeta:
     series_description: str | None
     series_number: int | None
     instance_number: int | None
-    rows: int
-    columns: int
+    rows: int | None  # None for objects without pixels
+    columns: int | None
     frame_count: int
+    identity_sha256: str
+    content_sha256: str
+    not_applicable_reason: str | None = None  # None: the model scores it
     synthetic: bool = False  # generated test data, set only by the upload's ``synthetic`` field
 
 
@@ -56,6 +63,7 @@ class RasterContext:
 
     study_instance_uid: str
     series_instance_uid: str
+    uid_seed: str  # makes SOP Instance UIDs from content: a re-sent file is the same instance
     patient_id: str | None = None
     patient_name: str | None = None
     study_description: str | None = None
@@ -76,8 +84,8 @@ def require_uid(value: object, label: str) -> str:
     return text
 
 
-def from_dicom(ds: Dataset, image: DecodedImage) -> InstanceMeta:
-    """Metadata of a DICOM instance whose pixels already decoded."""
+def from_dicom(ds: Dataset, image: DecodedImage | None, *, data: bytes, reason: str | None) -> InstanceMeta:
+    """Metadata of a DICOM instance whose pixels already decoded (``image`` None: it has none)."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     sop_class = text_value(ds.get("SOPClassUID"), 64)
     return InstanceMeta(
@@ -98,19 +106,27 @@ def from_dicom(ds: Dataset, image: DecodedImage) -> InstanceMeta:
         series_description=text_value(ds.get("SeriesDescription"), 64),
         series_number=int_value(ds.get("SeriesNumber")),
         instance_number=int_value(ds.get("InstanceNumber")),
-        rows=int(image.pixels.shape[0]),
-        columns=int(image.pixels.shape[1]),
-        frame_count=image.frame_count,
+        rows=int(image.pixels.shape[0]) if image else None,
+        columns=int(image.pixels.shape[1]) if image else None,
+        frame_count=image.frame_count if image else 0,
+        identity_sha256=dicom_identity(ds),
+        content_sha256=dicom_content(ds, data),
+        not_applicable_reason=reason,
     )
 
 
-def from_raster(image: DecodedImage, context: RasterContext, instance_number: int) -> InstanceMeta:
-    """A PNG/JPEG becomes an "OT" instance with UIDs generated here (PS3.5 §B.2 UUID-derived)."""
+def from_raster(
+    image: DecodedImage, context: RasterContext, instance_number: int, *, data: bytes, reason: str | None
+) -> InstanceMeta:
+    """A PNG/JPEG becomes an "OT" instance. Its SOP Instance UID is derived (PS3.5 §B.2) from
+    the request's seed and the file's sha256, so re-sending the same file is a duplicate."""
+    content = hashlib.sha256(data).hexdigest()
+    identity = {"PatientID": context.patient_id, "PatientName": context.patient_name}
     return InstanceMeta(
         source_kind=image.source,
         study_instance_uid=context.study_instance_uid,
         series_instance_uid=context.series_instance_uid,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(entropy_srcs=[context.uid_seed, content]),
         sop_class_uid=None,
         transfer_syntax_uid=None,
         patient_id=text_value(context.patient_id, 64),
@@ -127,6 +143,9 @@ def from_raster(image: DecodedImage, context: RasterContext, instance_number: in
         rows=int(image.pixels.shape[0]),
         columns=int(image.pixels.shape[1]),
         frame_count=image.frame_count,
+        identity_sha256=identity_sha256({**identity, "StudyInstanceUID": context.study_instance_uid}),
+        content_sha256=content,
+        not_applicable_reason=reason,
     )
 
 
@@ -166,7 +185,30 @@ def parse_da(value: object) -> date | None:
         return None
 
 
-def new_raster_uids(study_instance_uid: str | None) -> tuple[str, str]:
-    """The study (given or generated) and a new series UID for the raster files of one request."""
-    study = require_uid(study_instance_uid, "study_instance_uid") if study_instance_uid else generate_uid()
-    return study, generate_uid()
+def raster_context(
+    files: Sequence[bytes],
+    *,
+    study_instance_uid: str | None,
+    idempotency_key: str | None,
+    patient_id: str | None,
+    patient_name: str | None,
+    study_description: str | None,
+) -> RasterContext:
+    """UIDs for the PNG/JPEG files of one request, derived (PS3.5 §B.2) from what identifies
+    the request: the ``Idempotency-Key`` if the client sent one, else the patient fields and
+    the files' sha256, so the same request sent twice names the same study, series and
+    instances; a file's SOP Instance UID depends on its own sha256 and the patient fields
+    only, so the same picture for the same patient is one instance whatever else came with
+    it. ``study_instance_uid`` given by the client is used as is.
+    """
+    hashes = sorted(hashlib.sha256(data).hexdigest() for data in files)
+    seed = json.dumps(["key", idempotency_key] if idempotency_key else ["content", patient_id, patient_name, hashes])
+    study = require_uid(study_instance_uid, "study_instance_uid") if study_instance_uid else None
+    return RasterContext(
+        study_instance_uid=study or generate_uid(entropy_srcs=[seed, "study"]),
+        series_instance_uid=generate_uid(entropy_srcs=[seed, study or "", "series"]),
+        uid_seed=json.dumps(["key", idempotency_key] if idempotency_key else [patient_id, patient_name, study]),
+        patient_id=patient_id,
+        patient_name=patient_name,
+        study_description=study_description,
+    )

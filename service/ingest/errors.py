@@ -21,6 +21,12 @@ class StudyPatientMismatch(Conflict):
     code = "study_patient_mismatch"
 
 
+class InstanceConflict(Conflict):
+    """The SOP Instance UID is stored with other pixels or patient attributes: never replaced silently."""
+
+    code = "instance_conflict"
+
+
 class UploadTooLarge(PayloadTooLarge):
     code = "payload_too_large"
 

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from models.applicability import dicom_attributes, not_applicable_reason, raster_attributes
 from models.errors import ModelLibraryError, UnreadableDicom
+from models.manifest import Scope
 from models.pixels import DecodedImage, decode_dicom, decode_raster, read_dicom, sniff_kind
 from service.errors import SightlineError, UnsupportedMediaType, model_error_status
 from service.ingest.dicom_meta import InstanceMeta, RasterContext, from_dicom, from_raster
@@ -60,32 +62,38 @@ def read_all(uploads: Sequence[NamedUpload], max_bytes: int) -> list[bytes]:
 
 
 def parse_all(
-    uploads: Sequence[NamedUpload], contents: Sequence[bytes], raster: RasterContext, max_pixels: int
+    uploads: Sequence[NamedUpload], contents: Sequence[bytes], raster: RasterContext, max_pixels: int, scope: Scope
 ) -> list[ParsedFile]:
     """Validate every file; the first bad one refuses the request, named by its index."""
     parsed: list[ParsedFile] = []
     for upload, data in zip(uploads, contents, strict=True):
         with refusing(upload.index):
-            meta = parse_file(data, raster, upload.index + 1, max_pixels)
+            meta = parse_file(data, raster, upload.index + 1, max_pixels, scope)
         parsed.append(ParsedFile(upload.index, data, meta))
     return parsed
 
 
-def parse_file(data: bytes, raster: RasterContext, instance_number: int, max_pixels: int) -> InstanceMeta:
-    """Sniff by content, decode the pixels (so undecodable files never reach the worker), extract."""
+def parse_file(data: bytes, raster: RasterContext, instance_number: int, max_pixels: int, scope: Scope) -> InstanceMeta:
+    """Sniff by content, decode the pixels (so undecodable files never reach the worker),
+    judge applicability against the model's ``scope``, extract. Objects without pixels
+    (SR, KOS, presentation states) are accepted and stored as not applicable."""
     if not data:
         raise EmptyFile("the file is empty (0 bytes)")
     kind = sniff_kind(data)
     if kind in ("png", "jpeg"):
-        return from_raster(decode_raster(data, max_pixels=max_pixels), raster, instance_number)
+        image = decode_raster(data, max_pixels=max_pixels)
+        attrs = raster_attributes(image.pixels.shape[0], image.pixels.shape[1], color=image.is_color)
+        reason = not_applicable_reason(attrs, scope)
+        return from_raster(image, raster, instance_number, data=data, reason=reason)
     try:
         ds = read_dicom(data)  # also accepts a dataset without the PS3.10 preamble
     except UnreadableDicom:
         if kind is None:
             raise UnsupportedMediaType("the content is not DICOM, PNG or JPEG") from None
         raise
-    image: DecodedImage = decode_dicom(ds, max_pixels=max_pixels)
-    return from_dicom(ds, image)
+    attrs = dicom_attributes(ds)
+    pixels: DecodedImage | None = decode_dicom(ds, max_pixels=max_pixels) if attrs.has_pixels else None
+    return from_dicom(ds, pixels, data=data, reason=not_applicable_reason(attrs, scope))
 
 
 @contextmanager

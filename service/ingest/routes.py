@@ -7,12 +7,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive
 
+from service.active_model import active_manifest
 from service.db.tables import Role
 from service.deps import AppSettings, DbSession, Ingestor, Store, authenticate
 from service.errors import (
@@ -25,7 +26,7 @@ from service.errors import (
     UnsupportedMediaType,
     error_responses,
 )
-from service.ingest.dicom_meta import RasterContext, new_raster_uids, text_value
+from service.ingest.dicom_meta import raster_context, text_value
 from service.ingest.errors import UploadTooLarge
 from service.ingest.reading import NamedUpload, parse_all, read_all
 from service.ingest.schemas import ClinicalPriority, UploadResult
@@ -112,6 +113,10 @@ def upload(
     synthetic: Annotated[
         bool, Form(description="Mark the request's new studies as synthetic test data, not patients")
     ] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=128, description="PNG/JPEG: the same key and file sent again are the same instance"),
+    ] = None,
 ) -> UploadResult:
     """Store every file and queue one analysis job per new instance; answer 202.
 
@@ -129,12 +134,29 @@ def upload(
     applies to every study of the request and only ever raises a study's priority.
     ``synthetic`` flags new studies as generated test data (the demo's phantoms); the
     worklist shows the flag so nobody mistakes them for patients.
+
+    Re-sends: the same SOP Instance UID with identical identity attributes and pixel data
+    is a duplicate; with other pixels or other patient attributes it is refused with 409
+    ``instance_conflict`` and nothing changes. PNG/JPEG files get UIDs derived from their
+    content (or from ``Idempotency-Key``), so re-sending them is idempotent too.
+
+    Objects the model may not score (other modalities, localizers, secondary captures,
+    objects without pixels such as SR or presentation states) are stored, with no job,
+    and shown as not applicable with the reason.
     """
     try:
         uploads = [NamedUpload(i, f.file) for i, f in enumerate(files)]
-        study_uid, series_uid = new_raster_uids(text_value(study_instance_uid, 64))
-        raster = RasterContext(study_uid, series_uid, patient_id, patient_name, study_description)
-        parsed = parse_all(uploads, read_all(uploads, settings.max_upload_bytes), raster, settings.max_image_pixels)
+        contents = read_all(uploads, settings.max_upload_bytes)
+        raster = raster_context(
+            contents,
+            study_instance_uid=text_value(study_instance_uid, 64),
+            idempotency_key=text_value(idempotency_key, 128),
+            patient_id=patient_id,
+            patient_name=patient_name,
+            study_description=study_description,
+        )
+        scope = active_manifest(settings).scope
+        parsed = parse_all(uploads, contents, raster, settings.max_image_pixels, scope)
         if synthetic:
             parsed = [replace(item, meta=replace(item.meta, synthetic=True)) for item in parsed]
         priority = clinical_priority.rank if clinical_priority is not None else None

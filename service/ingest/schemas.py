@@ -26,6 +26,9 @@ class UploadedInstance(BaseModel):
     instance_id: uuid.UUID
     job_id: uuid.UUID | None = Field(description="The instance's analysis job (null only if it has none)")
     duplicate: bool = Field(description="True when this SOP Instance UID was already stored; nothing re-stored")
+    not_applicable_reason: str | None = Field(
+        None, description="Why the model does not score this instance (stored and shown, no job); null if it does"
+    )
 
 
 class UploadResult(BaseModel):

@@ -17,12 +17,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.pixels import read_dicom
 from service.db.session import begin_write, forget_new_blob, store_blob
 from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, utcnow
 from service.db.triage import recompute_study
 from service.errors import Conflict
 from service.ingest.dicom_meta import InstanceMeta
-from service.ingest.errors import StudyPatientMismatch
+from service.ingest.errors import InstanceConflict, StudyPatientMismatch
+from service.ingest.fingerprint import same_decoded_pixels
 from service.ingest.reading import ParsedFile, refusing
 from service.ingest.schemas import UploadedInstance
 from service.queue import enqueue_after_commit
@@ -34,12 +36,23 @@ INSERT_ATTEMPTS = 2  # a lost race on a new study/series row is retried once; it
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """What a stored instance is compared on when its SOP Instance UID is sent again."""
+
+    identity_sha256: str | None
+    content_sha256: str | None
+    transfer_syntax_uid: str | None
+    blob_key: str
+
+
+@dataclass(frozen=True)
 class Stored:
     """What one file became: new or existing rows."""
 
     entry: UploadedInstance
     study_id: uuid.UUID
     source_kind: str
+    fingerprint: Fingerprint | None = None
 
 
 def store_files(
@@ -85,6 +98,7 @@ def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: in
     meta = parsed.meta
     existing = find_instance(db, meta.sop_instance_uid)
     if existing is not None:
+        check_same_instance(existing, parsed, store)
         logger.info("duplicate instance", extra={"instance_id": str(existing.entry.instance_id)})
         return existing
     key = store_blob(db, store, parsed.data)
@@ -97,14 +111,16 @@ def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: in
             if winner is None:
                 continue  # the race was on the study or series row; it exists now
             _drop_unused_blob(db, store, key)
+            check_same_instance(winner, parsed, store)
             return winner
         logger.info("instance stored", extra={"instance_id": str(instance.id), "study_id": str(instance.study_id)})
         entry = UploadedInstance(
             sop_instance_uid=meta.sop_instance_uid,
             study_instance_uid=meta.study_instance_uid,
             instance_id=instance.id,
-            job_id=job.id,
+            job_id=job.id if job else None,
             duplicate=False,
+            not_applicable_reason=meta.not_applicable_reason,
         )
         return Stored(entry, instance.study_id, meta.source_kind)
     raise Conflict("the instance's study or series was changed concurrently; send it again")
@@ -113,7 +129,8 @@ def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: in
 def find_instance(db: Session, sop_instance_uid: str) -> Stored | None:
     """The stored instance with this SOP Instance UID, answered as a duplicate."""
     row = db.execute(
-        select(Instance.id, Instance.study_id, Instance.source_kind, Instance.blob_key,
+        select(Instance.id, Instance.study_id, Instance.source_kind, Instance.blob_key, Instance.not_applicable_reason,
+               Instance.identity_sha256, Instance.content_sha256, Instance.transfer_syntax_uid,
                Study.study_instance_uid, AnalysisJob.id.label("job_id"))
         .join(Study, Study.id == Instance.study_id)
         .outerjoin(AnalysisJob, AnalysisJob.instance_id == Instance.id)
@@ -127,8 +144,31 @@ def find_instance(db: Session, sop_instance_uid: str) -> Stored | None:
         instance_id=row.id,
         job_id=row.job_id,
         duplicate=True,
+        not_applicable_reason=row.not_applicable_reason,
     )
-    return Stored(entry, row.study_id, row.source_kind)
+    fingerprint = Fingerprint(row.identity_sha256, row.content_sha256, row.transfer_syntax_uid, row.blob_key)
+    return Stored(entry, row.study_id, row.source_kind, fingerprint)
+
+
+def check_same_instance(existing: Stored, parsed: ParsedFile, store: BlobStore) -> None:
+    """A re-send must be the instance already stored: same identity, same pixels (see fingerprint)."""
+    stored, meta = existing.fingerprint, parsed.meta
+    if stored is None or stored.identity_sha256 is None or stored.content_sha256 is None:
+        return  # stored before fingerprints were kept: nothing to compare against
+    if stored.identity_sha256 != meta.identity_sha256:
+        raise InstanceConflict(
+            "(0008,0018) SOP Instance UID is already stored with other patient or study attributes; "
+            "nothing was changed (correct it at the source and send it with a new SOP Instance UID)"
+        )
+    if stored.content_sha256 == meta.content_sha256:
+        return
+    recoded = meta.source_kind == "dicom" and stored.transfer_syntax_uid != meta.transfer_syntax_uid
+    if recoded and same_decoded_pixels(store.get(stored.blob_key), read_dicom(parsed.data)):
+        return  # the same pixels in another transfer syntax
+    raise InstanceConflict(
+        "(0008,0018) SOP Instance UID is already stored with other pixel data; nothing was changed "
+        "(send the new image with a new SOP Instance UID)"
+    )
 
 
 def _drop_unused_blob(db: Session, store: BlobStore, key: str) -> None:
@@ -140,9 +180,11 @@ def _drop_unused_blob(db: Session, store: BlobStore, key: str) -> None:
 
 def _insert_rows(
     db: Session, meta: InstanceMeta, key: str, size: int, priority: int | None
-) -> tuple[Instance, AnalysisJob]:
+) -> tuple[Instance, AnalysisJob | None]:
+    """The rows of one new instance; a job only when the model may score it."""
     study = _upsert_study(db, meta, priority)
     series = _upsert_series(db, study, meta)
+    series.last_instance_at, series.completed_at = utcnow(), None  # a late instance re-opens the series
     instance = Instance(
         id=uuid.uuid4(),
         series_id=series.id,
@@ -157,9 +199,15 @@ def _insert_rows(
         rows=meta.rows,
         columns=meta.columns,
         frame_count=meta.frame_count,
+        not_applicable_reason=meta.not_applicable_reason,
+        identity_sha256=meta.identity_sha256,
+        content_sha256=meta.content_sha256,
     )
-    job = AnalysisJob(id=uuid.uuid4(), instance_id=instance.id, status=JobStatus.queued, enqueued_at=utcnow())
-    db.add_all([instance, job])
+    db.add(instance)
+    job = None
+    if meta.not_applicable_reason is None:
+        job = AnalysisJob(id=uuid.uuid4(), instance_id=instance.id, status=JobStatus.queued, enqueued_at=utcnow())
+        db.add(job)
     db.flush()
     return instance, job
 

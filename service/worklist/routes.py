@@ -18,7 +18,8 @@ from service.errors import (
 )
 from service.worklist import service as worklist_service
 from service.worklist.images import instance_png
-from service.worklist.schemas import ImageKind, StudyDetail, WorklistPage, WorklistQuery
+from service.worklist.schemas import ImageKind, SeriesSlices, StudyDetail, WorklistPage, WorklistQuery
+from service.worklist.series import series_slices
 
 # Patient images: only the user's own browser may keep them, and not for long.
 IMAGE_CACHE_CONTROL = "private, max-age=300"
@@ -61,6 +62,18 @@ def get_study(db: DbSession, _: Reader, request: Request, study_uid: str) -> Stu
         return request.url_for("instance_image", sop_uid=sop_uid, kind=kind.value).path
 
     return worklist_service.study_detail(db, study_uid, image_url)
+
+
+@router.get(
+    "/series/{series_uid}/slices",
+    response_model=SeriesSlices,
+    summary="The series' per-slice tumour probabilities in anatomical order (its score curve)",
+    responses=error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
+)
+def get_series_slices(db: DbSession, _: Reader, series_uid: str) -> SeriesSlices:
+    """Ordered by position along the slice normal when every frame has one, else by Instance
+    Number and frame; ``key_index`` points at the key slice of the series score."""
+    return series_slices(db, series_uid)
 
 
 @router.get(

@@ -64,9 +64,10 @@ class StudySummary(BaseModel):
     body_part: str | None
     description: str | None
     status: StudyStatus
-    triage_score: float | None
-    predicted_label: str | None
+    triage_score: float | None = Field(description="Highest series score (calibrated, robust to one stray slice)")
+    predicted_label: str | None = Field(description="Label of the key slice")
     key_instance_sop_uid: str | None
+    key_frame: int | None = Field(description="Frame of the key instance holding the key slice")
     received_at: datetime
     clinical_priority: int
     synthetic: bool
@@ -105,14 +106,35 @@ class ImageUrls(BaseModel):
     contour: str
 
 
+class RegionView(BaseModel):
+    """The outlined region of the key frame's map, or why there is none ("no focal region")."""
+
+    focal: bool
+    reason: str | None = Field(description="Why no region is outlined; null when one is")
+    bbox: BoundingBox | None = Field(description="Pixels of the original image")
+    area_mm2: float | None = Field(description="Region area when Pixel Spacing is known")
+    box_width_mm: float | None
+    box_height_mm: float | None
+
+
 class ResultView(BaseModel):
     label: str
-    tumour_score: float
-    probabilities: dict[str, Any]
+    tumour_score: float = Field(description="Calibrated tumour probability of the key frame")
+    probabilities: dict[str, Any] = Field(description="Calibrated (temperature-scaled) probabilities of the key frame")
+    key_frame: int
+    target_label: str | None = Field(description="The class the map explains: the most likely tumour class")
+    cam_strength: float | None = Field(description="The map's unnormalised maximum, in the method's units")
     model_name: str
     model_version: str
     model_sha256: str
+    cam_ready_sha256: str | None
     cam_method: str
+    temperature: float | None
+    input_policy: str | None = Field(description="How the model input was made from stored values")
+    resize_filter: str | None
+    input_window: list[float] | None = Field(description="(center, width) mapped to the model's 0..255")
+    display_window: list[float] | None = Field(description="(center, width) of the displayed picture")
+    region: RegionView
     bbox: BoundingBox | None
     timings_ms: dict[str, Any]
     created_at: datetime
@@ -124,9 +146,10 @@ class InstanceView(BaseModel):
     sop_class_uid: str | None
     instance_number: int | None
     source_kind: str
-    rows: int
-    columns: int
+    rows: int | None
+    columns: int | None
     frame_count: int
+    not_applicable_reason: str | None = Field(description="Why the model does not score it; null when it does")
     original_url: str = Field(description="Rendered from the stored file until a result exists")
     job: JobView | None
     result: ResultView | None
@@ -138,7 +161,34 @@ class SeriesView(BaseModel):
     modality: str | None
     body_part: str | None
     description: str | None
+    complete: bool = Field(description="Quiet for the configured period with no pending job")
+    series_score: float | None = Field(description="Best mean calibrated tumour probability of adjacent slices")
+    predicted_label: str | None
+    scored_slices: int
+    key_instance_sop_uid: str | None
+    key_frame: int | None
     instances: list[InstanceView]
+
+
+class SliceView(BaseModel):
+    """One scored frame of the series, in anatomical order."""
+
+    sop_instance_uid: str
+    instance_number: int | None
+    frame_index: int
+    position_mm: float | None = Field(description="Along the slice normal (PS3.3 C.7.6.2.1.1)")
+    tumour_score: float
+    label: str
+
+
+class SeriesSlices(BaseModel):
+    """The per-slice score curve of a series, ordered by position (else Instance Number, frame)."""
+
+    series_instance_uid: str
+    complete: bool
+    series_score: float | None
+    key_index: int | None = Field(description="Index into ``slices`` of the key slice")
+    slices: list[SliceView]
 
 
 class StudyDetail(StudySummary):

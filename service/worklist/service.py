@@ -34,6 +34,7 @@ from service.worklist.schemas import (
     ImageUrls,
     InstanceView,
     JobView,
+    RegionView,
     ResultView,
     SeriesView,
     StudyDetail,
@@ -183,6 +184,7 @@ def summary_fields(study: Study, key_sop: str | None) -> dict[str, Any]:
         "triage_score": study.triage_score,
         "predicted_label": study.predicted_label,
         "key_instance_sop_uid": key_sop,
+        "key_frame": study.key_frame,
         "received_at": as_utc(study.received_at),
         "clinical_priority": study.clinical_priority,
         "synthetic": study.synthetic,
@@ -204,21 +206,27 @@ def study_detail(db: Session, study_uid: str, image_url: ImageUrl) -> StudyDetai
     if study is None:
         raise StudyNotFound("no study with this Study Instance UID")
     instances = [instance for series in study.series for instance in series.instances]
-    key_sop = next((i.sop_instance_uid for i in instances if i.id == study.key_instance_id), None)
+    sop_of = {instance.id: instance.sop_instance_uid for instance in instances}
     return StudyDetail(
-        **summary_fields(study, key_sop),
+        **summary_fields(study, sop_of.get(study.key_instance_id) if study.key_instance_id else None),
         study_time=study.study_time,
-        series=[_series_view(series, image_url) for series in study.series],
+        series=[_series_view(series, image_url, sop_of) for series in study.series],
     )
 
 
-def _series_view(series: Series, image_url: ImageUrl) -> SeriesView:
+def _series_view(series: Series, image_url: ImageUrl, sop_of: dict[uuid.UUID, str]) -> SeriesView:
     return SeriesView(
         series_instance_uid=series.series_instance_uid,
         series_number=series.series_number,
         modality=series.modality,
         body_part=series.body_part,
         description=series.description,
+        complete=series.completed_at is not None,
+        series_score=series.series_score,
+        predicted_label=series.predicted_label,
+        scored_slices=series.scored_slices,
+        key_instance_sop_uid=sop_of.get(series.key_instance_id) if series.key_instance_id else None,
+        key_frame=series.key_frame,
         instances=[_instance_view(instance, image_url) for instance in series.instances],
     )
 
@@ -234,6 +242,7 @@ def _instance_view(instance: Instance, image_url: ImageUrl) -> InstanceView:
         rows=instance.rows,
         columns=instance.columns,
         frame_count=instance.frame_count,
+        not_applicable_reason=instance.not_applicable_reason,
         original_url=image_url(instance.sop_instance_uid, ImageKind.original),
         job=_job_view(job) if job is not None else None,
         result=_result_view(result, instance.sop_instance_uid, image_url) if result is not None else None,
@@ -265,15 +274,33 @@ def latest_result(results: list[AnalysisResult]) -> AnalysisResult | None:
 
 
 def _result_view(result: AnalysisResult, sop_uid: str, image_url: ImageUrl) -> ResultView:
+    bbox = _bbox(result)
     return ResultView(
         label=result.label,
         tumour_score=result.tumour_score,
         probabilities=result.probabilities,
+        key_frame=result.key_frame,
+        target_label=result.target_label,
+        cam_strength=result.cam_strength,
         model_name=result.model_name,
         model_version=result.model_version,
         model_sha256=result.model_sha256,
+        cam_ready_sha256=result.cam_ready_sha256,
         cam_method=result.cam_method,
-        bbox=_bbox(result),
+        temperature=result.temperature,
+        input_policy=result.input_policy,
+        resize_filter=result.resize_filter,
+        input_window=result.input_window,
+        display_window=result.display_window,
+        region=RegionView(
+            focal=bbox is not None,
+            reason=result.region_reason,
+            bbox=bbox,
+            area_mm2=result.region_area_mm2,
+            box_width_mm=result.box_width_mm,
+            box_height_mm=result.box_height_mm,
+        ),
+        bbox=bbox,
         timings_ms=result.timings_ms,
         created_at=as_utc(result.created_at),
         images=ImageUrls(**{kind.value: image_url(sop_uid, kind) for kind in ImageKind}),

