@@ -26,7 +26,7 @@ from onnx import helper
 
 from models.backward_context import Shape
 from models.cam_head import CamHead, class_score
-from models.cam_layout import LAYOUTS, NCHW, Layout, trace_layout
+from models.cam_layout import LAYOUTS, NCHW, Permutation, trace_layout
 from models.cam_ready import ACTIVATIONS, GRADIENTS, PROBABILITIES, TARGET_CLASS
 from models.errors import ModelContractError
 from models.manifest import ModelManifest, file_sha256
@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 PROBABILITY_SUM_TOLERANCE = 1e-3  # |sum - 1| of an output_is_probability output
 CAM_READY_TOLERANCE = 1e-5  # max |plain - CAM-ready| probability
 HEAD_TOLERANCE = 1e-4  # max |probability through the head from the activations - CAM-ready probability|
+CHECKS = (
+    *("cam_layer_rank", "cam_layer_layout", "label_count", "probability_sum"),
+    *("plain_vs_cam_ready", "activations_through_head", "finite_difference_gradients"),
+)
 _SHAPE_WEIGHT_ELEMENTS = 64  # initializers this small stay for shape inference (Reshape targets); larger become inputs
 
 FloatArray = npt.NDArray[np.floating]
@@ -63,63 +67,64 @@ class ContractReport:
 def check_model_contract(manifest: ModelManifest, model_path: Path, cam_path: Path, *, seed: int = 0) -> ContractReport:
     """Refuse a model that breaks the contract, before it is ever used; report what was measured."""
     model = onnx.load(str(model_path))
-    layout = _check_static(model, manifest)
-    checks = ["cam_layer_rank", "cam_layer_layout", "label_count"]
+    permutation, layout_name = _check_static(model, manifest)
     rng = np.random.default_rng(seed)
     batch = preprocess(rng.integers(0, 256, (*manifest.input_size, 3), dtype=np.uint8), manifest)
-    plain = _session(model_path).run([manifest.output_name], {manifest.input_name: batch})[0]
-    _check_class_count(manifest, plain.shape, "at run time")
-    sum_error = None
-    if manifest.output_is_probability:
-        sum_error = _check_probability_sum(manifest.output_name, plain)
-        checks.append("probability_sum")
     score = class_score(model.graph, manifest.output_name)
     ends_in_softmax = score != manifest.output_name
-    plain_probabilities = plain if ends_in_softmax or manifest.output_is_probability else _softmax(plain)
-    target = int(np.argmax(plain_probabilities[0]))
+    plain, sum_error = _run_plain(manifest, model_path, batch, ends_in_softmax)
+    target = int(np.argmax(plain[0]))
     feeds = {manifest.input_name: batch, TARGET_CLASS: np.array([target], dtype=np.int64)}
     probabilities, activations, gradients = _session(cam_path).run([PROBABILITIES, ACTIVATIONS, GRADIENTS], feeds)
     _check_rank(manifest.cam_layer, activations.shape, "at run time")
-    plain_diff = _check_close(probabilities, plain_probabilities, CAM_READY_TOLERANCE, "the plain model's output")
-    assert layout.permutation is not None  # _check_static refused an unknown layout
-    head = CamHead.cut(model, manifest.cam_layer, score, layout.permutation, {manifest.input_name: batch})
+    plain_diff = _check_close(probabilities, plain, CAM_READY_TOLERANCE, "the plain model's output")
+    head = CamHead.cut(model, manifest.cam_layer, score, permutation, {manifest.input_name: batch})
     scores = head.scores(activations)
     through_head = _softmax(scores) if ends_in_softmax or not manifest.output_is_probability else scores
     head_diff = _check_close(probabilities, through_head, HEAD_TOLERANCE, "the head evaluated at the activations")
-    gradient_error = head.check_gradients(activations, gradients, target, rng)
-    checks += ["plain_vs_cam_ready", "activations_through_head", "finite_difference_gradients"]
     report = ContractReport(
         model=manifest.name,
         cam_ready_sha256=file_sha256(cam_path),
         seed=seed,
-        checks=tuple(checks),
+        checks=tuple(check for check in CHECKS if check != "probability_sum" or sum_error is not None),
         classes=len(manifest.labels),
-        cam_layer_layout=layout.name,
+        cam_layer_layout=layout_name,
         activations_shape=tuple(int(d) for d in activations.shape),
         probability_sum_error=sum_error,
         max_plain_cam_diff=plain_diff,
         max_head_diff=head_diff,
-        gradient_relative_error=gradient_error,
+        gradient_relative_error=head.check_gradients(activations, gradients, target, rng),
         gradient_precision=head.precision.name,
     )
     logger.info("model contract holds", extra={"model": manifest.name, "cam_ready_sha256": report.cam_ready_sha256})
     return report
 
 
+def _run_plain(
+    manifest: ModelManifest, model_path: Path, batch: FloatArray, ends_in_softmax: bool
+) -> tuple[FloatArray, float | None]:
+    """The plain model's probabilities (soft-maxed as the CAM-ready form does) and their sum error."""
+    (output,) = _session(model_path).run([manifest.output_name], {manifest.input_name: batch})
+    _check_class_count(manifest, output.shape, "at run time")
+    if not manifest.output_is_probability:
+        return (output if ends_in_softmax else _softmax(output)), None
+    return output, _check_probability_sum(manifest.output_name, output)
+
+
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _check_static(model: onnx.ModelProto, manifest: ModelManifest) -> Layout:
+def _check_static(model: onnx.ModelProto, manifest: ModelManifest) -> tuple[Permutation, str]:
     """Rank, layout and class count from the graph alone, before anything runs."""
     shapes = _static_shapes(model, (manifest.cam_layer, manifest.output_name))
     cam_shape, output_shape = shapes[manifest.cam_layer], shapes[manifest.output_name]
     if cam_shape is not None:
         _check_rank(manifest.cam_layer, cam_shape, "static shape")
-    layout = _check_layout(model.graph, manifest)
+    permutation, layout_name = _check_layout(model.graph, manifest)
     if output_shape is not None:
         _check_class_count(manifest, output_shape, "static shape")
-    return layout
+    return permutation, layout_name
 
 
 def _check_rank(cam_layer: str, shape: Shape, where: str) -> None:
@@ -130,7 +135,7 @@ def _check_rank(cam_layer: str, shape: Shape, where: str) -> None:
         )
 
 
-def _check_layout(graph: onnx.GraphProto, manifest: ModelManifest) -> Layout:
+def _check_layout(graph: onnx.GraphProto, manifest: ModelManifest) -> tuple[Permutation, str]:
     """Known from a convolution, pooling or the declared input; NCHW in the CAM-ready outputs."""
     cam_layer = manifest.cam_layer
     layout = trace_layout(graph, cam_layer, {manifest.input_name: LAYOUTS[manifest.input_layout]})
@@ -144,7 +149,7 @@ def _check_layout(graph: onnx.GraphProto, manifest: ModelManifest) -> Layout:
             f"cam_layer {cam_layer!r} is {layout.name}, known only from input_layout {manifest.input_layout!r} "
             f"({layout.source}), so the CAM-ready outputs would not be NCHW; pick a convolutional layer"
         )
-    return layout
+    return layout.permutation, layout.name
 
 
 def _check_class_count(manifest: ModelManifest, shape: Shape, where: str) -> None:

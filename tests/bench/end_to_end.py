@@ -2,14 +2,17 @@
 
 The stack is the production one (uvicorn, PostgreSQL, Redis, a solo-pool worker using
 every core for ONNX Runtime, as the raw measurement does) when PostgreSQL and Redis are
-reachable, else the embedded default (SQLite + SQLite broker).
+reachable, else the embedded default (SQLite + SQLite broker). With ``beat=True`` a
+separate Celery beat process schedules the reconciler and the series sweep, as in
+``deploy/`` (one beat beside the workers).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ class Stack:
     api_url: str
     ingest_token: str
     backend: str
+    worker_pid: int | None = None  # the Celery main process; its pool children load the model
 
 
 @contextmanager
@@ -50,8 +54,22 @@ def _database(workdir: Path, production: bool) -> Iterator[Settings]:
         yield make_settings(workdir, database_url=url, broker_url=REDIS_URL)
 
 
+def beat_argv(schedule: Path) -> list[str]:
+    """Celery beat as ``sightline beat`` runs it (``service.cli``), by module path."""
+    return [sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "beat", "--schedule", str(schedule)]
+
+
 @contextmanager
-def running_stack(workdir: Path, model_cache: Path, production: bool, processes: int = 1) -> Iterator[Stack]:
+def running_stack(
+    workdir: Path,
+    model_cache: Path,
+    production: bool,
+    processes: int = 1,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    beat: bool = False,
+) -> Iterator[Stack]:
+    """API + worker (+ beat); ``extra_env`` (``SIGHTLINE_*`` settings) goes to every process."""
     with _database(workdir, production) as settings:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIGHTLINE_")}
         env.update(
@@ -63,22 +81,31 @@ def running_stack(workdir: Path, model_cache: Path, production: bool, processes:
             # One ONNX thread per process when several share the cores, else ORT's default (all).
             SIGHTLINE_ONNX_THREADS=str(max(1, (os.cpu_count() or 1) // processes) if processes > 1 else 0),
         )
+        env.update(extra_env or {})
         port = free_port()
-        api = ServiceProcess("api", api_argv(port), env, workdir / "api.log")
-        argv = worker_argv("bench")
-        if processes > 1:
-            argv = [a for a in argv if a not in ("--pool=solo", "--concurrency=1")]
-            argv += ["--pool=prefork", f"--concurrency={processes}"]
-        worker = ServiceProcess("worker", argv, env, workdir / "worker.log")
+        started: list[ServiceProcess] = []
         try:
+            api = ServiceProcess("api", api_argv(port), env, workdir / "api.log")
+            started.append(api)
+            argv = worker_argv("bench")
+            if processes > 1:
+                argv = [a for a in argv if a not in ("--pool=solo", "--concurrency=1")]
+                argv += ["--pool=prefork", f"--concurrency={processes}"]
+            worker = ServiceProcess("worker", argv, env, workdir / "worker.log")
+            started.append(worker)
+            if beat:
+                schedule = workdir / "celerybeat-schedule"
+                started.append(ServiceProcess("beat", beat_argv(schedule), env, workdir / "beat.log"))
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, api)
             worker.wait_for_log("ready.")
+            if beat:
+                started[-1].wait_for_log("beat: Starting")
             backend = "PostgreSQL + Redis" if production else "SQLite + SQLite broker"
-            yield Stack(settings, url, issue_token(settings, Role.ingest), backend)
+            yield Stack(settings, url, issue_token(settings, Role.ingest), backend, worker.proc.pid)
         finally:
-            worker.stop()
-            api.stop()
+            for process in reversed(started):
+                process.stop()
 
 
 def _ended(settings: Settings) -> int:

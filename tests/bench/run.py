@@ -1,7 +1,11 @@
 """``make bench``: measure, in one run, the ratios the README quotes, and write the report.
 
 1. CAM-ready inference latency / plain inference latency (target <= 1.25);
-2. end-to-end throughput through API + worker / raw ONNX Runtime throughput (target >= 0.8).
+2. end-to-end throughput through API + worker / raw ONNX Runtime throughput (target >= 0.8);
+3. study-level time: a 150-slice series and a 3-series study, from the first upload to the
+   study's triage score, over (slices x raw seconds per slice) (aim <= 1.15), and the
+   resident memory of every worker process;
+4. decode memory per megapixel (``decode_memory.py``), when that module is present.
 Rounds interleave raw and end-to-end measurements so that machine noise hits both; the
 figures are medians over rounds.
 """
@@ -9,6 +13,7 @@ figures are medians over rounds.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -16,10 +21,14 @@ import statistics
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from end_to_end import push_and_wait, running_stack
 from helpers import services_available
 from model_latency import LatencyFigures, measure_latency, raw_parallel_throughput, raw_throughput
+from process_memory import ProcessMemory, process_tree_memory
+from report_sections import decode_section, memory_section, study_section
+from study_throughput import QUIET_SECONDS, SERIES_ENV, SWEEP_SECONDS, StudyRun, push_study_and_wait, summarise
 
 from models.inference import Classifier
 from models.registry import get_manifest
@@ -29,15 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--report", type=Path, default=ROOT / "reports" / "benchmark.md")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=40, help="uploads per end-to-end round")
-    parser.add_argument(
-        "--processes", type=int, default=os.cpu_count() or 1, help="worker processes, one ONNX thread each when > 1"
-    )
-    parser.add_argument("--embedded", action="store_true", help="use SQLite even when PostgreSQL/Redis are up")
-    args = parser.parse_args()
+    args = _arguments()
     production = services_available() and not args.embedded
     with tempfile.TemporaryDirectory(prefix="sightline-bench-") as tmp:
         workdir = Path(tmp)
@@ -47,17 +48,46 @@ def main() -> int:
         manifest = classifier.manifest
         streams = [Classifier(manifest, cache_dir=cache, intra_op_threads=1) for _ in range(os.cpu_count() or 1)]
         raw, raw_parallel, e2e = [], [], []
-        with running_stack(workdir, cache, production, args.processes) as stack:
+        series_runs: list[StudyRun] = []
+        study_runs: list[StudyRun] = []
+        memory: list[list[ProcessMemory]] = []
+        with running_stack(workdir, cache, production, args.processes, extra_env=SERIES_ENV, beat=True) as stack:
             push_and_wait(stack, 2, seed=999)  # warm-up: the worker loads the model
             for round_index in range(args.rounds):
                 raw.append(raw_throughput(classifier))
                 raw_parallel.append(raw_parallel_throughput(streams))
                 e2e.append(push_and_wait(stack, args.images, seed=round_index))
+                series_runs.append(push_study_and_wait(stack, [args.series_slices], 1 + round_index, args.clients))
+                study_runs.append(push_study_and_wait(stack, args.study_series, 100 + round_index, args.clients))
+                memory.append(process_tree_memory(stack.worker_pid or 0))
             backend = stack.backend
     figures = _figures(latency, raw, raw_parallel, e2e, backend, args)
+    figures["study_level"] = _study_figures(_raw_best(raw, raw_parallel), series_runs, study_runs, args)
+    figures["worker_memory"] = _memory_figures(memory)
+    figures["decode_memory"] = decode_memory_figures(args.rounds)
     _write(args.report, figures)
     print(json.dumps(figures, indent=2))
     return 0
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--report", type=Path, default=ROOT / "reports" / "benchmark.md")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=40, help="uploads per end-to-end round")
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1, help="worker processes, one ONNX thread each when > 1"
+    )
+    parser.add_argument("--embedded", action="store_true", help="use SQLite even when PostgreSQL/Redis are up")
+    parser.add_argument("--series-slices", type=int, default=150, help="slices of the one-series study")
+    parser.add_argument(
+        "--study-series",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[50, 50, 50],
+        help="slices per series of the multi-series study, comma-separated",
+    )
+    parser.add_argument("--clients", type=int, default=1, help="concurrent upload clients for the study figures")
+    return parser.parse_args()
 
 
 def _figures(
@@ -69,7 +99,7 @@ def _figures(
     args: argparse.Namespace,
 ) -> dict[str, object]:
     """The ratio is taken against the better of the two raw configurations: the honest ceiling."""
-    raw_best = max(statistics.median(raw), statistics.median(raw_parallel))
+    raw_best = _raw_best(raw, raw_parallel)
     e2e_median = statistics.median(e2e)
     return {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -92,13 +122,67 @@ def _figures(
     }
 
 
-def _write(path: Path, f: dict[str, object]) -> None:
+def _raw_best(raw: list[float], raw_parallel: list[float]) -> float:
+    """Images/s of the faster raw configuration (medians over rounds): the honest ceiling."""
+    return max(statistics.median(raw), statistics.median(raw_parallel))
+
+
+def _study_figures(
+    raw_best: float, series_runs: list[StudyRun], study_runs: list[StudyRun], args: argparse.Namespace
+) -> dict[str, object]:
+    """Both study cases against the same raw ceiling as ``e2e_over_raw``."""
+    cpus = os.cpu_count() or 1
+    return {
+        "raw_s_per_slice": round(1.0 / raw_best, 4),
+        "onnx_threads_per_process": max(1, cpus // args.processes) if args.processes > 1 else cpus,
+        "quiet_seconds": QUIET_SECONDS,
+        "sweep_seconds": SWEEP_SECONDS,
+        "upload_clients": args.clients,
+        "series": summarise(series_runs, 1.0 / raw_best),
+        "study": summarise(study_runs, 1.0 / raw_best),
+    }
+
+
+def _memory_figures(samples: list[list[ProcessMemory]]) -> list[dict[str, object]]:
+    """Per worker process: peak (VmHWM at the end) and resident size after every round."""
+    final = samples[-1]
+    return [
+        {
+            **process.as_dict(),
+            "rss_mib_per_round": [
+                next((p.rss_mib for p in sample if p.pid == process.pid), None) for sample in samples
+            ],
+        }
+        for process in final
+    ]
+
+
+def decode_memory_figures(rounds: int) -> dict[str, float] | None:
+    """Hook for ``tests/bench/decode_memory.py`` (``run(rounds) -> dict[str, float]``): its
+    figures when the module is there, ``None`` (the report says so) when it is not."""
+    if importlib.util.find_spec("decode_memory") is None:
+        return None
+    import decode_memory
+
+    return dict(decode_memory.run(rounds=rounds))
+
+
+def _write(path: Path, f: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"""# Sightline benchmark
+    sections = [
+        study_section(f["study_level"], backend=f["backend"], processes=f["worker_processes"]),
+        memory_section(f["worker_memory"], processes=f["worker_processes"]),
+        decode_section(f["decode_memory"]),
+    ]
+    path.write_text(_headline(f) + "".join(f"\n{section}" for section in sections))
+    path.with_suffix(".json").write_text(json.dumps(f, indent=2) + "\n")
+
+
+def _headline(f: dict[str, Any]) -> str:
+    return f"""# Sightline benchmark
 
 Measured {f["measured_at"]} on {f["machine"]}; stack: {f["backend"]}.
-Produced by `make bench` (`tests/bench/run.py`). Medians; both ratios come from one run.
+Produced by `make bench` (`tests/bench/run.py`). Medians; all ratios come from one run.
 
 | figure | value | target |
 |---|---|---|
@@ -117,10 +201,9 @@ End to end = from the first upload request to the last job row marked done: API 
 CAM-ready inference, Grad-CAM, four PNG renderings, result rows, triage update). Raw =
 the plain model, batch 1, back to back, on preprocessed input; the ratio divides by the
 faster of the two raw configurations. Worker processes use one ONNX thread each when there
-are several (`SIGHTLINE_ONNX_THREADS`), which is how to deploy one worker per core.
+are several (`SIGHTLINE_ONNX_THREADS`), which is how to deploy one worker per core. A Celery
+beat process (reconciler, series sweep) runs beside the workers for every end-to-end figure.
 """
-    )
-    path.with_suffix(".json").write_text(json.dumps(f, indent=2) + "\n")
 
 
 if __name__ == "__main__":

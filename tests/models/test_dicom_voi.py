@@ -167,3 +167,37 @@ def test_enhanced_per_frame_rescale_overrides_the_shared_one() -> None:
     window = item(WindowCenter=500, WindowWidth=400, VOILUTFunction="SIGMOID")
     image = decode_dicom(enhanced(window, item(RescaleSlope=1, RescaleIntercept=0, RescaleType="US")))
     assert np.array_equal(image.pixels, sigmoid((RAMP + 1).astype(np.float64), 500, 400))
+
+
+def tripling_modality_lut() -> Dataset:
+    """PS3.3 C.11.1 Modality LUT: 1000 16-bit entries from 0, entry i is 3 i + 7."""
+    return item(LUTDescriptor=[1000, 0, 16], ModalityLUTType="US", LUTData=(np.arange(1000) * 3 + 7).tolist())
+
+
+def test_modality_lut_sequence_comes_before_the_window() -> None:
+    ds = mr_small()
+    ds.ModalityLUTSequence = Sequence([tripling_modality_lut()])
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 1500, 1200, "SIGMOID"
+    image = decode_dicom(ds)
+    assert image.window == (1500.0, 1200.0)
+    assert np.array_equal(image.pixels, sigmoid(RAMP.astype(np.float64) * 3 + 7, 1500, 1200))
+
+
+def test_modality_lut_sequence_without_a_window_takes_the_percentiles_of_its_output() -> None:
+    ds = mr_small()
+    del ds.WindowCenter, ds.WindowWidth
+    ds.ModalityLUTSequence = Sequence([tripling_modality_lut()])
+    low, high = np.percentile(RAMP.astype(np.float64) * 3 + 7, [0.5, 99.5])
+    assert decode_dicom(ds).window == pytest.approx(((low + high + 1) / 2, high - low + 1))
+
+
+@pytest.mark.parametrize("windowed", [True, False])
+@pytest.mark.parametrize(("slope", "intercept"), [("1e39", "0"), ("1", "-1e39")])
+def test_rescale_beyond_float32_is_refused(slope: str, intercept: str, windowed: bool) -> None:
+    """Modality values are float32 (``modality_values``): a slope or intercept past its range is unusable."""
+    ds = mr_small()
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if not windowed:  # the percentile window reads the rescale before any modality value is made
+        del ds.WindowCenter, ds.WindowWidth
+    with pytest.raises(InconsistentPixelData, match=r"rescale values are unusable: .* overflow float32"):
+        decode_dicom(ds)

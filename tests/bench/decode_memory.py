@@ -1,0 +1,167 @@
+"""Peak memory of decoding one upload through ``models.pixels.decode_image``, per decoded megapixel.
+
+``run(rounds)`` returns a ``dict[str, float]`` with one figure per input kind: the median over
+``rounds`` fresh child processes of
+
+    (peak RSS after decode_image) - (RSS just before it, the file bytes already read)
+    ---------------------------------------------------------------------------------
+                        decoded pixels / 1e6
+
+in MB per megapixel, which is numerically bytes per decoded pixel (the uint8 result
+included). Each child is a new ``python -c`` that first decodes a 64x64 file of the same
+kind (so decoder plugins are imported before measuring), so RSS peaks of one kind never
+mix with another's. Keys:
+
+- ``dicom_native_16bit_4096_mb_per_mpx``: 4096x4096 MONOCHROME2, 12 of 16 bits, Explicit
+  VR Little Endian, Rescale Slope/Intercept and a window;
+- ``dicom_rle_16bit_2048_mb_per_mpx``: 2048x2048, the same attributes, RLE Lossless;
+- ``png_grey_8bit_8000_mb_per_mpx``: 8000x8000 8-bit grey PNG;
+- ``jpeg_rgb_4096_mb_per_mpx``: 4096x4096 RGB JPEG (quality 90).
+
+The pictures are synthetic brain-like slices (``models.synthetic``) scaled up, so that the
+compressed kinds compress as real images do. Linux RSS (/proc/self/statm, ru_maxrss in KiB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
+
+from models.synthetic import Lesion, synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[2]
+WARM_UP_SIDE = 64
+CHILD_TIMEOUT_S = 300
+
+# Runs in the child: argv[1] is the warm-up file, argv[2] the measured one; prints growth and pixels as JSON.
+_CHILD = """
+import json, os, resource, sys
+from pathlib import Path
+from models.pixels import decode_image
+
+def peak_rss():
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib if sys.platform == "darwin" else kib * 1024
+
+def rss_now():
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss()
+
+decode_image(Path(sys.argv[1]).read_bytes())
+data = Path(sys.argv[2]).read_bytes()
+before = rss_now()
+image = decode_image(data)
+print(json.dumps({"growth": peak_rss() - before, "pixels": image.pixels.shape[0] * image.pixels.shape[1]}))
+"""
+
+
+def run(rounds: int = 3) -> dict[str, float]:
+    """Median MB of peak RSS growth per decoded megapixel for each input kind (see the module docstring)."""
+    kinds: dict[str, tuple[Callable[[int], bytes], int]] = {
+        "dicom_native_16bit_4096_mb_per_mpx": (_native_dicom, 4096),
+        "dicom_rle_16bit_2048_mb_per_mpx": (_rle_dicom, 2048),
+        "png_grey_8bit_8000_mb_per_mpx": (_grey_png, 8000),
+        "jpeg_rgb_4096_mb_per_mpx": (_rgb_jpeg, 4096),
+    }
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="sightline-decode-memory-") as tmp:
+        for name, (make, side) in kinds.items():
+            warm_up, measured = Path(tmp) / f"{name}.small", Path(tmp) / f"{name}.full"
+            warm_up.write_bytes(make(WARM_UP_SIDE))
+            measured.write_bytes(make(side))
+            figures[name] = round(statistics.median(_child_growth(warm_up, measured) for _ in range(rounds)), 2)
+            measured.unlink()
+    return figures
+
+
+def _child_growth(warm_up: Path, measured: Path) -> float:
+    """Bytes of RSS growth per decoded pixel in one fresh interpreter."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(warm_up), str(measured)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=True,
+    )
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    return float(result["growth"]) / float(result["pixels"])
+
+
+def _picture(side: int, dtype: type[np.uint8] | type[np.uint16]) -> np.ndarray:
+    """A 12-bit synthetic slice resized to ``side`` (uint16), or scaled to 8 bits (uint8)."""
+    base = synthetic_slice(min(side, 1024), lesion=Lesion(0.35, 0.4, 0.08), seed=side)
+    picture = cv2.resize(base, (side, side), interpolation=cv2.INTER_LINEAR)
+    if dtype is np.uint8:
+        return (picture // 16).astype(np.uint8)
+    return picture
+
+
+def _grey_dataset(side: int) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    ds.WindowCenter, ds.WindowWidth = 600, 2400
+    return ds
+
+
+def _dicom_bytes(ds: Dataset) -> bytes:
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _native_dicom(side: int) -> bytes:
+    ds = _grey_dataset(side)
+    ds.PixelData = _picture(side, np.uint16).astype("<u2").tobytes()
+    return _dicom_bytes(ds)
+
+
+def _rle_dicom(side: int) -> bytes:
+    """PS3.5 Annex G; pydicom picks an installed RLE encoder (pylibjpeg-rle, else its own)."""
+    ds = _grey_dataset(side)
+    ds.compress(UID(RLELossless), _picture(side, np.uint16))
+    return _dicom_bytes(ds)
+
+
+def _grey_png(side: int) -> bytes:
+    return _encoded(".png", _picture(side, np.uint8))
+
+
+def _rgb_jpeg(side: int) -> bytes:
+    grey = _picture(side, np.uint8)
+    tinted = np.stack([grey, (grey * 0.8).astype(np.uint8), (grey * 0.6).astype(np.uint8)], axis=-1)
+    return _encoded(".jpg", tinted, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def _encoded(extension: str, picture: np.ndarray, params: list[int] | None = None) -> bytes:
+    ok, encoded = cv2.imencode(extension, picture, params or [])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {extension} picture")
+    return encoded.tobytes()
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
