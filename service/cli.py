@@ -90,15 +90,28 @@ def _models_list(_: argparse.Namespace) -> int:
 
 
 def _models_prepare(_: argparse.Namespace) -> int:
-    """Build the CAM-ready model into the cache now, so workers start without the one-off build."""
+    """Build the CAM-ready model into the cache and check the model contract, so workers start
+    without the one-off build and a broken model is refused before it scores anything."""
+    from models.contract import check_model_contract
+    from models.errors import ModelContractError
     from models.inference import Classifier
     from models.registry import get_manifest
 
     settings = get_settings()
     settings.ensure_dirs()
     extra = [settings.model_manifest_dir] if settings.model_manifest_dir else []
-    classifier = Classifier(get_manifest(settings.model_name, extra), cache_dir=settings.model_cache_dir)
+    try:
+        classifier = Classifier(get_manifest(settings.model_name, extra), cache_dir=settings.model_cache_dir)
+        report = check_model_contract(classifier.manifest, classifier.model_path, classifier.cam_ready_path)
+    except ModelContractError as exc:
+        print(f"sightline: model refused: {exc}", file=sys.stderr)
+        return 1
     print(f"{classifier.manifest.name} {classifier.manifest.version} ready in {settings.model_cache_dir}")
+    print(f"  CAM-ready sha256 {report.cam_ready_sha256}; layer layout {report.cam_layer_layout}")
+    print(
+        f"  checks passed: {', '.join(report.checks)}; plain vs CAM-ready max diff {report.max_plain_cam_diff:.1e}, "
+        f"gradient vs finite differences {report.gradient_relative_error:.1e} ({report.gradient_precision})"
+    )
     return 0
 
 

@@ -129,3 +129,36 @@ def scratch_pg_database(prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def dicom_variant(data: bytes, **changes: object) -> bytes:
+    """A DICOM file with attributes changed (None deletes one), saved back to bytes."""
+    ds = read_back(data)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def mr_slice(study_uid: str, series_uid: str, number: int, *, lesion: bool = False, **changes: object) -> bytes:
+    """Slice ``number`` of an axial stack: 5 mm apart along z, Instance Number ``number``."""
+    data = make_mr_dicom(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=f"{series_uid}.{number}",
+        lesion=(60, 64, 16) if lesion else None,
+        seed=number,
+    )
+    values: dict[str, object] = {
+        "InstanceNumber": number,
+        "ImagePositionPatient": [0.0, 0.0, 5.0 * number],
+        "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
+        "PixelSpacing": [0.9, 0.9],
+        "ImageType": ["ORIGINAL", "PRIMARY", "M"],
+    }
+    values.update(changes)
+    return dicom_variant(data, **values)

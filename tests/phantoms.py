@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 from detect_tumor import TumorDetector
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.sequence import Sequence
+from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from models.synthetic import Lesion, synthetic_slice
 
@@ -53,3 +54,28 @@ def package_probabilities(jpeg: bytes) -> np.ndarray:
     """The model's own package on the JPEG (its percentages, back to fractions)."""
     result = TumorDetector().predict(jpeg)
     return np.array([result.probabilities[label] for label in LABELS]) / 100
+
+
+def enhanced_volume(positions: list[float], lesion_frames: set[int], **attrs: object) -> bytes:
+    """An Enhanced MR object whose frames are stored out of anatomical order."""
+    frames = np.stack(
+        [
+            synthetic_slice(160, lesion=Lesion(0.4, 0.45, 0.12) if i in lesion_frames else None, seed=i)
+            for i in range(len(positions))
+        ]
+    )
+    shared = item(
+        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
+        PixelMeasuresSequence=Sequence([item(PixelSpacing=[0.9, 0.9], SliceThickness=5)]),
+    )
+    per_frame = [
+        item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[0, 0, position])])) for position in positions
+    ]
+    return dicom_bytes(
+        frames,
+        EnhancedMRImageStorage,
+        NumberOfFrames=len(positions),
+        SharedFunctionalGroupsSequence=Sequence([shared]),
+        PerFrameFunctionalGroupsSequence=Sequence(per_frame),
+        **attrs,
+    )

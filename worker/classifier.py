@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.contract import check_model_contract
 from models.inference import Classifier
 from models.registry import get_manifest
 from service.settings import Settings
@@ -19,7 +20,9 @@ def load_classifier(settings: Settings) -> Classifier:
     if settings.cam_method is not None:  # the operator overrides the manifest's method
         manifest = manifest.model_copy(update={"cam_method": settings.cam_method})
     threads = settings.onnx_threads or None
-    return Classifier(manifest, cache_dir=settings.model_cache_dir, intra_op_threads=threads)
+    classifier = Classifier(manifest, cache_dir=settings.model_cache_dir, intra_op_threads=threads)
+    check_model_contract(manifest, classifier.model_path, classifier.cam_ready_path)  # refuse a broken model at start
+    return classifier
 
 
 def worker_classifier(settings: Settings) -> Classifier:

@@ -19,7 +19,8 @@ mix with another's. Keys:
 - ``jpeg_rgb_4096_mb_per_mpx``: 4096x4096 RGB JPEG (quality 90).
 
 The pictures are synthetic brain-like slices (``models.synthetic``) scaled up, so that the
-compressed kinds compress as real images do. Linux RSS (/proc/self/statm, ru_maxrss in KiB).
+compressed kinds compress as real images do. The peak is VmHWM from /proc/self/status, reset
+just before decoding; where /proc is missing, ru_maxrss (since the child started).
 """
 
 from __future__ import annotations
@@ -46,27 +47,37 @@ WARM_UP_SIDE = 64
 CHILD_TIMEOUT_S = 300
 
 # Runs in the child: argv[1] is the warm-up file, argv[2] the measured one; prints growth and pixels as JSON.
+# The peak is Linux's VmHWM, reset just before decoding (clear_refs 5, Linux >= 4.0): ru_maxrss would not do,
+# as Linux carries the parent's high-water mark over fork and exec into the child's ru_maxrss.
 _CHILD = """
-import json, os, resource, sys
+import json, resource, sys
 from pathlib import Path
 from models.pixels import decode_image
 
-def peak_rss():
+def status_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+def rss_bytes(peak, procfs):
+    if procfs:
+        return status_kib("VmHWM" if peak else "VmRSS") * 1024
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib if sys.platform == "darwin" else kib * 1024
 
-def rss_now():
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return peak_rss()
-
 decode_image(Path(sys.argv[1]).read_bytes())
 data = Path(sys.argv[2]).read_bytes()
-before = rss_now()
+procfs = reset_peak()
+before = rss_bytes(False, procfs)
 image = decode_image(data)
-print(json.dumps({"growth": peak_rss() - before, "pixels": image.pixels.shape[0] * image.pixels.shape[1]}))
+print(json.dumps({"growth": rss_bytes(True, procfs) - before, "pixels": image.pixels.shape[0] * image.pixels.shape[1]}))
 """
 
 

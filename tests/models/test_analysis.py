@@ -6,38 +6,12 @@ import io
 
 import numpy as np
 import pytest
-from phantoms import dicom_bytes, item, package_probabilities, training_style_jpeg
+from phantoms import dicom_bytes, enhanced_volume, package_probabilities, training_style_jpeg
 from PIL import Image
-from pydicom.sequence import Sequence
-from pydicom.uid import EnhancedMRImageStorage
 
 from models.analysis import analyse_object
 from models.inference import Classifier
 from models.synthetic import Lesion, synthetic_slice
-
-
-def enhanced_volume(positions: list[float], lesion_frames: set[int]) -> bytes:
-    """An Enhanced MR object whose frames are stored out of anatomical order."""
-    frames = np.stack(
-        [
-            synthetic_slice(160, lesion=Lesion(0.4, 0.45, 0.12) if i in lesion_frames else None, seed=i)
-            for i in range(len(positions))
-        ]
-    )
-    shared = item(
-        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
-        PixelMeasuresSequence=Sequence([item(PixelSpacing=[0.9, 0.9], SliceThickness=5)]),
-    )
-    per_frame = [
-        item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[0, 0, position])])) for position in positions
-    ]
-    return dicom_bytes(
-        frames,
-        EnhancedMRImageStorage,
-        NumberOfFrames=len(positions),
-        SharedFunctionalGroupsSequence=Sequence([shared]),
-        PerFrameFunctionalGroupsSequence=Sequence(per_frame),
-    )
 
 
 def test_every_frame_of_a_multiframe_object_is_scored_with_its_position(default_classifier: Classifier) -> None:
