@@ -88,13 +88,13 @@ def decode_dicom(
         return _image(_palette_to_rgb(frame, ds), geometry, index, None)
     if geometry.photometric in COLOR:
         return _image(scale_to_uint8(frame, _bits_stored(ds, geometry)), geometry, index, None)
-    display, window = grayscale_display(frame, ds, index)
+    values = modality_values(frame, ds, index) if input_policy is not None else None
+    display, window = grayscale_display(frame, ds, index, values)
     inverted = geometry.photometric == "MONOCHROME1"
     if inverted:
-        display = 255 - display
-    if input_policy is None:
+        np.subtract(255, display, out=display)
+    if input_policy is None or values is None:
         return _image(display, geometry, index, window)
-    values = np.asarray(modality_values(frame, ds, index), dtype=np.float32)
     picture = grey_model_picture(values, display, window, input_policy, invert=inverted)
     return replace(
         _image(display, geometry, index, window), model_input=picture.pixels, input_window=picture.input_window

@@ -53,23 +53,31 @@ class _StoredWindow:
     function: VoiFunction
 
 
-def grayscale_display(frame: npt.NDArray[np.generic], ds: Dataset, index: int) -> tuple[UInt8Array, Window | None]:
+def grayscale_display(
+    frame: npt.NDArray[np.generic], ds: Dataset, index: int, values: FloatArray | None = None
+) -> tuple[UInt8Array, Window | None]:
     """Display values of frame ``index`` and the window applied (None for a VOI LUT).
 
     The VOI source is the first of per-frame group, shared group and top level that has
     a usable Window Center/Width, else the first with a VOI LUT Sequence; with neither,
-    a 0.5-99.5 percentile LINEAR window.
+    a 0.5-99.5 percentile LINEAR window. ``values``: the frame's ``modality_values`` when
+    the caller already has them (the worker does, for the model input), so they are not
+    computed twice.
     """
     sources = [*_group_items(ds, index, "FrameVOILUTSequence"), ds]
     for source in sources:
         stored = _stored_window(source)
         if stored is not None:
-            return apply_window(modality_values(frame, ds, index), stored.window, stored.function), stored.window
+            return apply_window(_values(frame, ds, index, values), stored.window, stored.function), stored.window
     for source in sources:
         if source.get("VOILUTSequence"):
-            return _apply_voi_lut_sequence(modality_values(frame, ds, index), source, ds), None
+            return _apply_voi_lut_sequence(_values(frame, ds, index, values), source, ds), None
     window = _percentile_window(frame, ds, index)
-    return apply_window(modality_values(frame, ds, index), window, "LINEAR"), window
+    return apply_window(_values(frame, ds, index, values), window, "LINEAR"), window
+
+
+def _values(frame: npt.NDArray[np.generic], ds: Dataset, index: int, given: FloatArray | None) -> FloatArray:
+    return modality_values(frame, ds, index) if given is None else given
 
 
 def modality_values(frame: npt.NDArray[np.generic], ds: Dataset, index: int) -> FloatArray:

@@ -27,23 +27,37 @@ from service.db.tables import Role
 from service.settings import Settings, get_settings
 
 SAMPLE_LESIONS = [Lesion(0.35, 0.40, 0.09), None, Lesion(0.62, 0.58, 0.06), Lesion(0.5, 0.30, 0.05)]
-DEMO_UID_SEED = "sightline-demo-v1"
+DEMO_UID_SEED = "sightline-demo-v2"
+SLICES_PER_SAMPLE = 5
+# A short quiet period so the samples are scored seconds after they arrive (production: 30 s).
+DEMO_SERIES_ENV = {"SIGHTLINE_SERIES_QUIET_SECONDS": "2", "SIGHTLINE_SERIES_SWEEP_SECONDS": "1"}
 
 
 def _demo_uid(index: int, part: str) -> str:
     return str(generate_uid(entropy_srcs=[DEMO_UID_SEED, str(index), part]))
 
 
-def synthetic_dicom(index: int) -> bytes:
-    """Sample study ``index`` as an MR DICOM file; UIDs are deterministic so re-runs are idempotent."""
-    pixels = synthetic_slice(256, lesion=SAMPLE_LESIONS[index % len(SAMPLE_LESIONS)], seed=index)
+def synthetic_series(index: int) -> list[bytes]:
+    """Sample study ``index``: an axial series of ``SLICES_PER_SAMPLE`` slices 5 mm apart; a
+    lesion, when the sample has one, spans the middle three (a real lesion spans adjacent slices)."""
+    return [synthetic_dicom(index, number) for number in range(1, SLICES_PER_SAMPLE + 1)]
+
+
+def synthetic_dicom(index: int, number: int = 1) -> bytes:
+    """Slice ``number`` of sample study ``index`` as an MR DICOM file; UIDs are deterministic so
+    re-runs are idempotent."""
+    lesion = SAMPLE_LESIONS[index % len(SAMPLE_LESIONS)] if 2 <= number <= 4 else None
+    pixels = synthetic_slice(256, lesion=lesion, seed=index * 100 + number)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     for keyword, value in _demo_attributes(index).items():
         setattr(ds, keyword, value)
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, _demo_uid(index, "sop")
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, _demo_uid(index, f"sop{number}")
     ds.StudyInstanceUID, ds.SeriesInstanceUID = _demo_uid(index, "study"), _demo_uid(index, "series")
+    ds.InstanceNumber, ds.ImageType = number, ["ORIGINAL", "PRIMARY", "M"]
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 5.0 * number], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [0.9, 0.9], 5
     ds.Rows, ds.Columns = pixels.shape
     ds.PixelData = pixels.tobytes()
     out = io.BytesIO()
@@ -63,7 +77,6 @@ def _demo_attributes(index: int) -> dict[str, object]:
         "StudyDescription": "SYNTHETIC DEMO - NOT A PATIENT",
         "SeriesDescription": "SYNTHETIC AX T1",
         "SeriesNumber": 1,
-        "InstanceNumber": 1,
         "SamplesPerPixel": 1,
         "PhotometricInterpretation": "MONOCHROME2",
         "BitsAllocated": 16,
@@ -81,6 +94,7 @@ LOG_DIR = Path("./var/logs")
 def _spawn(name: str, args: list[str], settings: Settings) -> subprocess.Popen[bytes]:
     """Start one child with its log in ``var/logs/<name>.log``, so the terminal shows the banner."""
     env = {
+        **DEMO_SERIES_ENV,
         **os.environ,
         "SIGHTLINE_DATABASE_URL": settings.database_url,
         "SIGHTLINE_BROKER_URL": settings.broker_url,
@@ -120,7 +134,11 @@ def _wait_ready(base_url: str, deadline_s: float = 180.0) -> None:
 
 
 def _push_samples(base_url: str, token: str, samples: int) -> None:
-    files = [("files", (f"sample-{i}.dcm", synthetic_dicom(i), "application/dicom")) for i in range(samples)]
+    files = [
+        ("files", (f"sample-{i}-{n}.dcm", data, "application/dicom"))
+        for i in range(samples)
+        for n, data in enumerate(synthetic_series(i))
+    ]
     response = httpx.post(
         f"{base_url}/api/v1/uploads",
         files=files,

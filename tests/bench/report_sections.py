@@ -35,9 +35,9 @@ def study_section(s: dict[str, Any], *, backend: str, processes: int) -> str:
 
 From the first upload request to the study row `analysed` with a non-null `triage_score`
 (polled every 50 ms), for one {one["slices"]}-slice series and one study of {many["series"]} series
-({many["slices"]} slices). Medians over the rounds; the ratio divides by {one["slices"]} (or
-{many["slices"]}) × raw seconds per slice = {s["raw_s_per_slice"]} s (1 / the faster raw
-configuration above, measured in the same rounds). Nothing is subtracted from the first ratio.
+({many["slices"]} slices in all); medians over the rounds. Ratio = wall time / (slices × raw
+seconds per slice), with raw seconds per slice = {s["raw_s_per_slice"]} s (1 / the faster raw
+configuration above, measured in the same rounds); nothing is subtracted from it.
 
 Configuration: {backend}; {processes} Celery worker process(es) (prefork pool, concurrency
 {processes}), {s["onnx_threads_per_process"]} ONNX Runtime thread(s) each; one separate Celery

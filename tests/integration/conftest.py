@@ -38,6 +38,7 @@ def stack_env(pg_settings: Settings, model_cache_dir: Path) -> dict[str, str]:
             "SIGHTLINE_STORAGE_DIR": str(pg_settings.storage_dir),
             "SIGHTLINE_MODEL_CACHE_DIR": str(model_cache_dir),
             "SIGHTLINE_ONNX_THREADS": "1",
+            "SIGHTLINE_SERIES_QUIET_SECONDS": str(pg_settings.series_quiet_seconds),
             "SIGHTLINE_LOG_JSON": "true",
             "PYTHONPATH": str(REPO_ROOT),
             "PYTHONUNBUFFERED": "1",

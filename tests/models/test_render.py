@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.errors import InvalidImageArray
-from models.render import BOX_RGB, BoundingBox, encode_png, heatmap_rgb, outline, overlay, resize_map
+from models.render import BOX_RGB, encode_png, heatmap_rgb, outline, overlay, resize_map
 
 
 def _blob_cam(size: int = 240, centre: tuple[int, int] = (60, 170), radius: int = 20) -> np.ndarray:
