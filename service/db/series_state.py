@@ -36,6 +36,7 @@ class OrderedSlice:
     position: float | None
     tumour_score: float
     label: str
+    probabilities: dict[str, float]
 
 
 def ordered_slices(db: Session, series_id: uuid.UUID) -> list[OrderedSlice]:
@@ -47,7 +48,7 @@ def ordered_slices(db: Session, series_id: uuid.UUID) -> list[OrderedSlice]:
         .where(SliceScore.series_id == series_id)
     ).all()
     slices = [
-        OrderedSlice(s.instance_id, sop, number, s.frame_index, s.position, s.tumour_score, s.label)
+        OrderedSlice(s.instance_id, sop, number, s.frame_index, s.position, s.tumour_score, s.label, s.probabilities)
         for s, sop, number in rows
     ]
     by_number = sorted(slices, key=lambda s: (s.instance_number or 0, s.frame_index, s.sop_instance_uid))

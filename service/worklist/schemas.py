@@ -177,8 +177,9 @@ class SliceView(BaseModel):
     instance_number: int | None
     frame_index: int
     position_mm: float | None = Field(description="Along the slice normal (PS3.3 C.7.6.2.1.1)")
-    tumour_score: float
+    tumour_score: float = Field(description="Calibrated tumour probability of the slice")
     label: str
+    probabilities: dict[str, float] = Field(description="Calibrated class probabilities of the slice")
 
 
 class SeriesSlices(BaseModel):

@@ -36,6 +36,7 @@ def series_slices(db: Session, series_uid: str) -> SeriesSlices:
                 position_mm=s.position,
                 tumour_score=s.tumour_score,
                 label=s.label,
+                probabilities=s.probabilities,
             )
             for s in slices
         ],

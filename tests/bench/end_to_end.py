@@ -36,7 +36,7 @@ class Stack:
     api_url: str
     ingest_token: str
     backend: str
-    worker_pid: int | None = None  # the Celery main process; its pool children load the model
+    worker_pid: int  # the Celery main process; its pool children load the model
 
 
 @contextmanager

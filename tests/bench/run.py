@@ -59,7 +59,7 @@ def main() -> int:
                 e2e.append(push_and_wait(stack, args.images, seed=round_index))
                 series_runs.append(push_study_and_wait(stack, [args.series_slices], 1 + round_index, args.clients))
                 study_runs.append(push_study_and_wait(stack, args.study_series, 100 + round_index, args.clients))
-                memory.append(process_tree_memory(stack.worker_pid or 0))
+                memory.append(process_tree_memory(stack.worker_pid))
             backend = stack.backend
     figures = _figures(latency, raw, raw_parallel, e2e, backend, args)
     figures["study_level"] = _study_figures(_raw_best(raw, raw_parallel), series_runs, study_runs, args)

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import bearer, mr_slice
 from phantoms import enhanced_volume
+from pydicom.uid import CTImageStorage
 from sqlalchemy import select
 
 from models.inference import Classifier
@@ -151,6 +152,9 @@ def test_score_curve_follows_anatomy_not_frame_index(
     assert [s["position_mm"] for s in curve["slices"]] == sorted(positions)
     assert [s["frame_index"] for s in curve["slices"]] == [1, 4, 2, 0, 3]
     assert curve["complete"] is True and curve["key_index"] is not None
+    for item in curve["slices"]:
+        assert sum(item["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert item["tumour_score"] == pytest.approx(1.0 - item["probabilities"]["notumor"], abs=1e-6)
     key = curve["slices"][curve["key_index"]]
     detail = client.get(f"/api/v1/studies/{STUDY}", headers=bearer(tokens[Role.reader])).json()
     assert detail["key_frame"] == key["frame_index"]
@@ -161,7 +165,10 @@ def test_score_curve_follows_anatomy_not_frame_index(
 def test_many_normal_slices_with_one_stray_cannot_outrank_a_real_lesion(
     settings: Settings, client: TestClient, tokens: dict[Role, str]
 ) -> None:
-    """150 slices at 0.05 with one at 0.99, against 20 slices with 3 adjacent at 0.8: the lesion wins."""
+    """150 slices at 0.05 with one at 0.99, against 20 slices with 3 adjacent at 0.8: the lesion wins;
+    a CT study that arrived first (not applicable) sorts after both."""
+    ct = mr_slice("2.25.1500", "2.25.1500.1", 1, Modality="CT", SOPClassUID=CTImageStorage)
+    upload(client, tokens[Role.ingest], ct)
     stray = [0.05] * 150
     stray[70] = 0.99
     lesion = [0.05] * 20
@@ -169,7 +176,8 @@ def test_many_normal_slices_with_one_stray_cannot_outrank_a_real_lesion(
     for uid, scores in (("2.25.1501", stray), ("2.25.1502", lesion)):
         store_scored_series(settings, uid, scores)
     rows = client.get("/api/v1/worklist", headers=bearer(tokens[Role.reader])).json()["items"]
-    assert [row["study_instance_uid"] for row in rows] == ["2.25.1502", "2.25.1501"]
+    assert [row["study_instance_uid"] for row in rows] == ["2.25.1502", "2.25.1501", "2.25.1500"]
+    assert (rows[2]["status"], rows[2]["triage_score"]) == ("not_applicable", None)
     assert rows[0]["triage_score"] == pytest.approx(0.8166666, abs=1e-6)
     assert rows[1]["triage_score"] == pytest.approx((0.99 + 0.05 + 0.05) / 3)
 

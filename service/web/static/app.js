@@ -94,6 +94,20 @@ const Sightline = (() => {
     return table;
   }
 
+  function instanceList(instances) {
+    const table = el("table");
+    for (const instance of instances) {
+      const tr = el("tr");
+      const state = instance.not_applicable_reason ? `not applicable: ${instance.not_applicable_reason}`
+        : instance.result ? `${instance.result.label} · tumour probability ${fmtScore(instance.result.tumour_score)}`
+          : `analysis ${instance.job ? instance.job.status : "not queued"}` +
+            (instance.job && instance.job.error_code ? ` (${instance.job.error_code})` : "");
+      tr.append(el("td", `Instance ${instance.instance_number ?? ""}`), el("td", state));
+      table.append(tr);
+    }
+    return table;
+  }
+
   async function instanceView(instance) {
     const box = el("section");
     box.append(el("h3", `Instance ${instance.instance_number ?? ""} · ${instance.sop_instance_uid}`));
@@ -132,8 +146,15 @@ const Sightline = (() => {
     sliderLabel.append(slider);
     const toggleLabel = el("label", " Contour and box ");
     toggleLabel.append(contourToggle);
-    panel.append(el("p", `Prediction: ${result.label} · tumour score ${fmtScore(result.tumour_score)}`),
+    const region = result.region.focal
+      ? `Focal region ${result.region.box_width_mm != null ? `${result.region.box_width_mm.toFixed(0)} × ` +
+          `${result.region.box_height_mm.toFixed(0)} mm` : `${result.region.bbox.width} × ${result.region.bbox.height} px`}`
+      : `No focal region: ${result.region.reason}`;
+    panel.append(el("p", `Key slice: frame ${result.key_frame} · ${result.label} · ` +
+        `tumour probability ${fmtScore(result.tumour_score)}`),
       probabilitiesTable(result.probabilities),
+      el("p", `Map: where ${result.target_label} would be (${result.cam_method}, strength ` +
+        `${result.cam_strength != null ? result.cam_strength.toPrecision(3) : "—"}). ${region}`),
       el("p", `Model ${result.model_name} ${result.model_version} (sha256 ${result.model_sha256.slice(0, 12)}…), ` +
         `${result.cam_method}`, "muted"), sliderLabel, toggleLabel);
     viewer.append(stack, panel);
@@ -151,8 +172,11 @@ const Sightline = (() => {
           `patient ${study.patient_id || "—"} · ${study.status} · triage score ${fmtScore(study.triage_score)}`;
         const container = document.getElementById("instances");
         for (const series of study.series) {
-          container.append(el("h2", `Series ${series.series_number ?? ""} ${series.description || ""}`));
-          for (const instance of series.instances) container.append(await instanceView(instance));
+          const state = series.complete ? `series score ${fmtScore(series.series_score)}` : "series not complete";
+          container.append(el("h2", `Series ${series.series_number ?? ""} ${series.description || ""} · ${state}`));
+          const key = series.instances.find((i) => i.sop_instance_uid === study.key_instance_sop_uid);
+          if (key) container.append(await instanceView(key));
+          container.append(instanceList(series.instances));
         }
       } catch (error) { summary.textContent = error.message; }
     });

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import bearer, make_mr_dicom, make_settings, read_back
+from helpers import bearer, dicom_variant, make_mr_dicom, make_settings, read_back
 from kombu import Connection
 from pydicom.encaps import encapsulate
 from sqlalchemy import func, select
@@ -32,15 +32,7 @@ UPLOADS = "/api/v1/uploads"
 
 def dicom_with(**changes: Any) -> bytes:
     """make_mr_dicom() with attributes changed (None deletes one), saved back to bytes."""
-    ds = read_back(make_mr_dicom())
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return dicom_variant(make_mr_dicom(), **changes)
 
 
 def raster(ext: str, width: int = 64, height: int = 48, value: int = 255) -> bytes:
