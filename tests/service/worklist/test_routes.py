@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from helpers import bearer, make_mr_dicom
 from sqlalchemy.orm import Session
 
-from service.db.session import unit_of_work
 from service.db.series_state import complete_quiet_series
+from service.db.session import unit_of_work
 from service.db.tables import (
     AnalysisJob,
     AnalysisResult,
