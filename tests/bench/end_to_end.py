@@ -37,6 +37,8 @@ class Stack:
     ingest_token: str
     backend: str
     worker_pid: int  # the Celery main process; its pool children load the model
+    api_pid: int
+    beat_pid: int | None
 
 
 @contextmanager
@@ -102,7 +104,15 @@ def running_stack(
             if beat:
                 started[-1].wait_for_log("beat: Starting")
             backend = "PostgreSQL + Redis" if production else "SQLite + SQLite broker"
-            yield Stack(settings, url, issue_token(settings, Role.ingest), backend, worker.proc.pid)
+            yield Stack(
+                settings,
+                url,
+                issue_token(settings, Role.ingest),
+                backend,
+                worker_pid=worker.proc.pid,
+                api_pid=api.proc.pid,
+                beat_pid=started[-1].proc.pid if beat else None,
+            )
         finally:
             for process in reversed(started):
                 process.stop()

@@ -26,7 +26,7 @@ from typing import Any
 from end_to_end import push_and_wait, running_stack
 from helpers import services_available
 from model_latency import LatencyFigures, measure_latency, raw_parallel_throughput, raw_throughput
-from process_memory import ProcessMemory, process_tree_memory
+from process_usage import ProcessMemory, process_tree_memory
 from report_sections import decode_section, memory_section, study_section
 from study_throughput import QUIET_SECONDS, SERIES_ENV, SWEEP_SECONDS, StudyRun, push_study_and_wait, summarise
 
@@ -62,7 +62,7 @@ def main() -> int:
                 memory.append(process_tree_memory(stack.worker_pid))
             backend = stack.backend
     figures = _figures(latency, raw, raw_parallel, e2e, backend, args)
-    figures["study_level"] = _study_figures(_raw_best(raw, raw_parallel), series_runs, study_runs, args)
+    figures["study_level"] = _study_figures(raw, raw_parallel, series_runs, study_runs, args)
     figures["worker_memory"] = _memory_figures(memory)
     figures["decode_memory"] = decode_memory_figures(args.rounds)
     _write(args.report, figures)
@@ -128,18 +128,24 @@ def _raw_best(raw: list[float], raw_parallel: list[float]) -> float:
 
 
 def _study_figures(
-    raw_best: float, series_runs: list[StudyRun], study_runs: list[StudyRun], args: argparse.Namespace
+    raw: list[float],
+    raw_parallel: list[float],
+    series_runs: list[StudyRun],
+    study_runs: list[StudyRun],
+    args: argparse.Namespace,
 ) -> dict[str, object]:
     """Both study cases against the same raw ceiling as ``e2e_over_raw``."""
+    raw_s = 1.0 / _raw_best(raw, raw_parallel)
+    round_raw_s = [1.0 / max(one, parallel) for one, parallel in zip(raw, raw_parallel, strict=True)]
     cpus = os.cpu_count() or 1
     return {
-        "raw_s_per_slice": round(1.0 / raw_best, 4),
+        "raw_s_per_slice": round(raw_s, 4),
         "onnx_threads_per_process": max(1, cpus // args.processes) if args.processes > 1 else cpus,
         "quiet_seconds": QUIET_SECONDS,
         "sweep_seconds": SWEEP_SECONDS,
         "upload_clients": args.clients,
-        "series": summarise(series_runs, 1.0 / raw_best),
-        "study": summarise(study_runs, 1.0 / raw_best),
+        "series": summarise(series_runs, raw_s, round_raw_s, args.processes),
+        "study": summarise(study_runs, raw_s, round_raw_s, args.processes),
     }
 
 
