@@ -16,7 +16,7 @@ from worker.app import celery_app
 from worker.classifier import worker_classifier
 from worker.pipeline import TRANSIENT_ERRORS, analyse_job
 from worker.reconcile import reconcile_jobs
-from worker.series import sweep_quiet_series
+from worker.series import sweep_after_job, sweep_quiet_series
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ def analyse_instance(self: Task[Any, Any], job_id: str) -> str:
     settings = get_settings()
     classifier = worker_classifier(settings)
     worker_name = self.request.hostname or socket.gethostname()
-    return analyse_job(parsed, settings=settings, classifier=classifier, worker_name=worker_name).value
+    outcome = analyse_job(parsed, settings=settings, classifier=classifier, worker_name=worker_name)
+    sweep_after_job(settings)
+    return outcome.value
 
 
 @celery_app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]

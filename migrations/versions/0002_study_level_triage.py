@@ -95,6 +95,13 @@ def upgrade() -> None:
             ondelete="SET NULL",
             use_alter=True,
         )
+    op.create_index(
+        "ix_series_open_last_instance_at",
+        "series",
+        ["last_instance_at"],
+        postgresql_where=sa.text("completed_at IS NULL"),
+        sqlite_where=sa.text("completed_at IS NULL"),
+    )
     op.execute(sa.text("UPDATE series SET completed_at = last_instance_at"))
 
     with op.batch_alter_table("studies", schema=None) as batch_op:
@@ -118,6 +125,7 @@ def downgrade() -> None:
         batch_op.drop_column("key_frame")
         batch_op.drop_column("key_series_id")
 
+    op.drop_index("ix_series_open_last_instance_at", table_name="series")
     with op.batch_alter_table("series", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("fk_series_key_instance_id_instances"), type_="foreignkey")
         batch_op.drop_column("key_frame")

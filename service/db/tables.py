@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -129,6 +130,16 @@ class Series(Base):
     key_frame: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="series", foreign_keys=[study_id])
+    __table_args__ = (
+        # The sweep's work list: open series by arrival of their last instance (a partial index
+        # stays as small as the number of series still arriving).
+        Index(
+            "ix_series_open_last_instance_at",
+            "last_instance_at",
+            postgresql_where=text("completed_at IS NULL"),
+            sqlite_where=text("completed_at IS NULL"),
+        ),
+    )
     instances: Mapped[list[Instance]] = relationship(
         back_populates="series", order_by="Instance.instance_number", foreign_keys="Instance.series_id"
     )

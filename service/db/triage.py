@@ -33,12 +33,15 @@ def recompute_study(db: Session, study_id: uuid.UUID) -> Study:
     db.flush()
     applicable_series = set(
         db.scalars(
-            select(Instance.series_id).where(Instance.study_id == study_id, Instance.not_applicable_reason.is_(None))
+            select(Instance.series_id)
+            .distinct()
+            .where(Instance.study_id == study_id, Instance.not_applicable_reason.is_(None))
         )
     )
     statuses = set(
         db.scalars(
             select(AnalysisJob.status)
+            .distinct()
             .join(Instance, AnalysisJob.instance_id == Instance.id)
             .where(Instance.study_id == study_id)
         )

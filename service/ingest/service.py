@@ -18,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.pixels import read_dicom
+from service.db.series_state import lock_study
 from service.db.session import begin_write, forget_new_blob, store_blob
-from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, utcnow
+from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, StudyStatus, utcnow
 from service.db.triage import recompute_study
 from service.errors import Conflict
 from service.ingest.dicom_meta import InstanceMeta
@@ -73,11 +74,25 @@ def store_files(
         with refusing(parsed.index):
             by_index[parsed.index] = store_one(db, store, parsed, priority=priority)
     stored = [by_index[parsed.index] for parsed in files]
+    to_analyse = {item.study_id for item in stored if not item.entry.duplicate and item.entry.job_id}
     for study_id in sorted({item.study_id for item in stored}):
-        _raise_priority(recompute_study(db, study_id), priority)
+        _raise_priority(_settle_after_ingest(db, study_id, pending=study_id in to_analyse), priority)
     new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
     enqueue_after_commit(db, new_jobs, settings)
     return stored
+
+
+def _settle_after_ingest(db: Session, study_id: uuid.UUID, *, pending: bool) -> Study:
+    """A study that got a new instance to analyse is pending (its series was re-opened, its
+    job is queued): set it under the study lock without the full recompute, whose cost grows
+    with the study and would make a 1000-slice upload quadratic. Anything else (duplicates,
+    objects the model does not score) is recomputed."""
+    study = lock_study(db, study_id)  # first, in the caller's id order (see ``store_files``)
+    if not pending:
+        return recompute_study(db, study_id)
+    study.status = StudyStatus.pending
+    db.flush()
+    return study
 
 
 def _lock_studies(db: Session, study_uids: set[str]) -> None:

@@ -147,13 +147,13 @@ def test_studies_are_recomputed_in_id_order(
         ids = {study.study_instance_uid: study.id for study in db.scalars(select(Study))}
     descending = sorted(data, key=lambda uid: ids[uid], reverse=True)
     seen: list[uuid.UUID] = []
-    real = ingest_service.recompute_study
+    real = ingest_service.lock_study
 
     def recording(db: Session, study_id: uuid.UUID) -> Study:
         seen.append(study_id)
         return real(db, study_id)
 
-    monkeypatch.setattr(ingest_service, "recompute_study", recording)
+    monkeypatch.setattr(ingest_service, "lock_study", recording)
     with unit_of_work(settings) as db:
         files = [ParsedFile(i, data[uid], parsed(data[uid]).meta) for i, uid in enumerate(descending)]
         store_files(db, BlobStore(settings.storage_dir), files, priority=None, settings=settings)
