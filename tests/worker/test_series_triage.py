@@ -30,7 +30,7 @@ from service.db.tables import (
 )
 from service.settings import Settings
 from worker.pipeline import Outcome, analyse_job
-from worker.series import settle_study, sweep_quiet_series
+from worker.series import settle_study, sweep_after_job, sweep_quiet_series
 
 STUDY = "1.2.826.0.1.8001"
 SERIES = f"{STUDY}.1"
@@ -213,3 +213,19 @@ def store_scored_series(settings: Settings, study_uid: str, scores: list[float])
             db.add(slice_row)
         db.flush()
         settle_study(db, study.id, settings)
+
+
+def test_the_sweep_after_a_job_completes_other_quiet_studies_and_survives_a_database_outage(
+    quiet_settings: Settings, client: TestClient, tokens: dict[Role, str], classifier: Classifier, tmp_path, caplog
+) -> None:
+    with TestClient(create_app(quiet_settings)) as quiet_client:
+        upload(quiet_client, tokens[Role.ingest], mr_slice(STUDY, SERIES, 1))
+    run_queued(quiet_settings, classifier)
+    age_series(quiet_settings, 61)  # quiet now, but its own job finished long ago: nobody completes it
+    assert study_row(quiet_settings).status is StudyStatus.pending
+    sweep_after_job(quiet_settings)  # what every worker does after any job
+    assert study_row(quiet_settings).status is StudyStatus.analysed
+
+    unreachable = quiet_settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'missing' / 'x.db'}"})
+    sweep_after_job(unreachable)  # logged, never raised: the job it follows already succeeded
+    assert "series sweep after a job failed" in caplog.text
