@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
 from models.aggregation import adjacent_window_score
@@ -83,15 +83,7 @@ def complete_quiet_series(db: Session, study_id: uuid.UUID, *, quiet_seconds: fl
     The caller holds the study lock (``lock_study``) and recomputes the study afterwards.
     Returns how many series were completed.
     """
-    cutoff = now - timedelta(seconds=quiet_seconds)
-    pending_job = exists().where(
-        AnalysisJob.instance_id == Instance.id, Instance.series_id == Series.id, AnalysisJob.status.in_(PENDING)
-    )
-    ready = db.scalars(
-        select(Series).where(
-            Series.study_id == study_id, Series.completed_at.is_(None), Series.last_instance_at <= cutoff, ~pending_job
-        )
-    ).all()
+    ready = db.scalars(select(Series).where(Series.study_id == study_id, *_completable(quiet_seconds, now))).all()
     for series in ready:
         score_series(db, series, window)
         series.completed_at = now
@@ -100,14 +92,22 @@ def complete_quiet_series(db: Session, study_id: uuid.UUID, *, quiet_seconds: fl
 
 
 def studies_with_quiet_series(db: Session, *, quiet_seconds: float, now: datetime, limit: int) -> list[uuid.UUID]:
-    """Studies holding an open series that has been quiet long enough (the sweep's work list)."""
-    cutoff = now - timedelta(seconds=quiet_seconds)
+    """Studies holding a series that can complete now (the sweep's work list)."""
     return list(
         db.scalars(
             select(Series.study_id)
-            .where(and_(Series.completed_at.is_(None), Series.last_instance_at <= cutoff))
+            .where(*_completable(quiet_seconds, now))
             .group_by(Series.study_id)
             .order_by(Series.study_id)
             .limit(limit)
         )
     )
+
+
+def _completable(quiet_seconds: float, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Open, quiet for ``quiet_seconds``, and none of its jobs queued or running."""
+    pending_job = exists().where(
+        AnalysisJob.instance_id == Instance.id, Instance.series_id == Series.id, AnalysisJob.status.in_(PENDING)
+    )
+    cutoff = now - timedelta(seconds=quiet_seconds)
+    return (Series.completed_at.is_(None), Series.last_instance_at <= cutoff, ~pending_job)

@@ -178,12 +178,21 @@ def check_same_instance(existing: Stored, parsed: ParsedFile, store: BlobStore) 
     if stored.content_sha256 == meta.content_sha256:
         return
     recoded = meta.source_kind == "dicom" and stored.transfer_syntax_uid != meta.transfer_syntax_uid
-    if recoded and same_decoded_pixels(store.get(stored.blob_key), read_dicom(parsed.data)):
+    if recoded and same_decoded_pixels(_stored_bytes(store, stored.blob_key), read_dicom(parsed.data)):
         return  # the same pixels in another transfer syntax
     raise InstanceConflict(
         "(0008,0018) SOP Instance UID is already stored with other pixel data; nothing was changed "
         "(send the new image with a new SOP Instance UID)"
     )
+
+
+def _stored_bytes(store: BlobStore, key: str) -> bytes:
+    """The stored file, or nothing when it is gone (then nothing can prove the pixels equal)."""
+    try:
+        return store.get(key)
+    except FileNotFoundError:
+        logger.error("stored file of a re-sent instance is missing")
+        return b""
 
 
 def _drop_unused_blob(db: Session, store: BlobStore, key: str) -> None:
