@@ -159,7 +159,8 @@ def _models_evaluate(args: argparse.Namespace) -> int:
     ``--temperature`` defaults to the manifest's own, so the report describes what Sightline ships.
     """
     from models.errors import ModelLibraryError
-    from models.evaluation import evaluate, write_report
+    from models.evaluation import evaluate
+    from models.evaluation_report import write_report
 
     try:
         manifest, predictions = _folder_predictions(args.folder, args.model)

@@ -24,8 +24,8 @@ from models.evaluation import (
     labelled_files,
     predict_folder,
     roc_auc,
-    write_report,
 )
+from models.evaluation_report import write_report
 from models.pixels import decode_image
 
 LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
