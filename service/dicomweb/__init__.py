@@ -1,0 +1,1 @@
+"""DICOMweb (PS3.18): the Studies Store Transaction (STOW-RS)."""

@@ -1,0 +1,204 @@
+"""STOW-RS, the Studies Store Transaction (PS3.18 §10.5): ``POST /dicomweb/studies[/{study}]``.
+
+Unlike ``POST /api/v1/uploads`` every instance is stored or refused on its own (PS3.18
+§10.5.3): the response lists the stored ones in ReferencedSOPSequence and the refused ones,
+each with its Failure Reason, in FailedSOPSequence. Instances already stored (same SOP
+Instance UID and content) count as stored and are not duplicated. RetrieveURL is left out:
+this gateway has no WADO-RS to retrieve from.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from pydicom import Dataset, dcmread
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import Ingestor
+from service.dicomweb.multipart import (
+    DICOM_MEDIA_TYPE,
+    BodyPart,
+    MalformedMultipart,
+    NotDicomMultipart,
+    dicom_boundary,
+    media_type_of,
+    split_parts,
+)
+from service.dicomweb.schemas import FailureReason, failure_reason
+from service.errors import (
+    Forbidden,
+    PayloadTooLarge,
+    SightlineError,
+    Unauthenticated,
+    UnprocessableInput,
+    error_responses,
+)
+from service.ingest.routes import BodyLimitedRoute
+from service.ingest.single import store_instance
+from service.metrics import INGEST_REJECTED, INGESTED
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+_ACCEPTABLE = {DICOM_JSON, "application/json", "application/*", "*/*"}
+_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+# pydicom has no single parse exception; the same list as models.dicom_read uses.
+_PARSE_ERRORS = (
+    InvalidDicomError, BytesLengthException, EOFError, OSError, struct.error, zlib.error, ValueError,
+    KeyError, IndexError, TypeError, OverflowError, NotImplementedError, AttributeError,
+)  # fmt: skip
+
+
+class NotAcceptable(SightlineError):
+    """PS3.18 §8.7.3: the Store Instances Response is only available as DICOM JSON here."""
+
+    status_code = 406
+    code = "not_acceptable"
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """One part of the request: its UIDs where they could be read, and why it failed (None: stored)."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    failure: FailureReason | None = None
+
+
+_STORE_RESPONSE: dict[str, Any] = {"content": {DICOM_JSON: {}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **error_responses(
+        MalformedMultipart,
+        Unauthenticated,
+        Forbidden,
+        NotAcceptable,
+        PayloadTooLarge,
+        NotDicomMultipart,
+        UnprocessableInput,
+    ),
+    200: {"description": "Every instance stored (or already stored): Store Instances Response", **_STORE_RESPONSE},
+    202: {"description": "Some instances stored, some failed: see FailedSOPSequence", **_STORE_RESPONSE},
+    409: {"description": "No instance stored: see FailedSOPSequence", **_STORE_RESPONSE},
+}
+
+router = APIRouter(tags=["dicomweb"], route_class=BodyLimitedRoute)
+
+
+@router.post("/studies", response_class=Response, responses=_RESPONSES, summary="STOW-RS: store instances")
+async def store_instances(request: Request, _: Ingestor) -> Response:
+    """Store every ``application/dicom`` part of a ``multipart/related; type="application/dicom"`` body.
+
+    200 all stored, 202 some failed, 409 none stored; the body is a DICOM JSON Store
+    Instances Response (PS3.18 Annex I). 415 for another Content-Type, 406 for an Accept
+    that excludes application/dicom+json, 413 past the upload size limit.
+    """
+    return await _stow(request, expected_study=None)
+
+
+@router.post(
+    "/studies/{study}", response_class=Response, responses=_RESPONSES, summary="STOW-RS: store instances of a study"
+)
+async def store_study_instances(
+    request: Request,
+    _: Ingestor,
+    study: Annotated[str, Path(max_length=64, pattern=_UID_PATTERN, description="Study Instance UID")],
+) -> Response:
+    """As ``POST /studies``; an instance of another study fails with Failure Reason C409H."""
+    return await _stow(request, expected_study=study)
+
+
+async def _stow(request: Request, *, expected_study: str | None) -> Response:
+    _check_accept(request.headers.get("accept"))
+    boundary = dicom_boundary(request.headers.get("content-type"))
+    chunks = [chunk async for chunk in request.stream()]  # BodyLimitedRoute counts these bytes: 413 past the limit
+    parts = split_parts(b"".join(chunks), boundary)
+    if not parts:
+        raise MalformedMultipart("the body has no parts")
+    settings: Settings = request.app.state.settings
+    outcomes = [await _store_part(settings, part, index, expected_study) for index, part in enumerate(parts)]
+    return _store_response(outcomes)
+
+
+def _check_accept(accept: str | None) -> None:
+    if not accept:
+        return
+    if not {media_type_of(item) for item in accept.split(",")} & _ACCEPTABLE:
+        raise NotAcceptable(f"the response is only available as {DICOM_JSON}")
+
+
+async def _store_part(settings: Settings, part: BodyPart, index: int, expected_study: str | None) -> InstanceOutcome:
+    if (part.media_type or DICOM_MEDIA_TYPE) != DICOM_MEDIA_TYPE:
+        return _failed(InstanceOutcome(None, None), index, FailureReason.CANNOT_UNDERSTAND, "part_not_dicom")
+    sop_class, sop_instance, study = _peek_uids(part.content)
+    known = InstanceOutcome(sop_class, sop_instance)
+    if expected_study is not None and study is not None and study != expected_study:
+        return _failed(known, index, FailureReason.STUDY_INSTANCE_UID_MISMATCH, "study_instance_uid_mismatch")
+    result = await run_in_threadpool(store_instance, settings, part.content)
+    if result.entry is None:
+        return _failed(known, index, failure_reason(result.status_code, result.code), result.code or "refused")
+    if not result.entry.duplicate:
+        INGESTED.labels(source="stow_rs").inc()
+    return InstanceOutcome(sop_class, result.entry.sop_instance_uid)
+
+
+def _failed(known: InstanceOutcome, index: int, reason: FailureReason, code: str) -> InstanceOutcome:
+    """The refusal, logged by part index, code and UIDs only (never patient attributes)."""
+    INGEST_REJECTED.labels(code=code).inc()
+    context = {
+        "part": index,
+        "code": code,
+        "failure_reason": f"{reason:04X}",
+        "sop_instance_uid": known.sop_instance_uid,
+    }
+    logger.info("stow-rs instance refused", extra=context)
+    return InstanceOutcome(known.sop_class_uid, known.sop_instance_uid, reason)
+
+
+def _peek_uids(content: bytes) -> tuple[str | None, str | None, str | None]:
+    """SOP Class, SOP Instance and Study Instance UIDs, each None where it cannot be read."""
+    try:
+        ds = dcmread(BytesIO(content), stop_before_pixels=True, force=True)
+        values = [ds.get(keyword) for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")]
+    except _PARSE_ERRORS:
+        return None, None, None
+    sop_class, sop_instance, study = (_uid_or_none(value) for value in values)
+    return sop_class, sop_instance, study
+
+
+def _uid_or_none(value: object) -> str | None:
+    """A forced read of damaged bytes can yield junk: only well-formed UIDs (PS3.5 §9.1) are echoed back."""
+    text = str(value) if value is not None else ""
+    return text if len(text) <= 64 and re.fullmatch(_UID_PATTERN, text) else None
+
+
+def _store_response(outcomes: list[InstanceOutcome]) -> Response:
+    """PS3.18 Table 10.5.3-1 statuses with the Store Instances Response Module (Annex I, Table I.2-1)."""
+    response = Dataset()
+    stored = [_sop_item(outcome) for outcome in outcomes if outcome.failure is None]
+    failed = [_sop_item(outcome) for outcome in outcomes if outcome.failure is not None]
+    if stored:
+        response.ReferencedSOPSequence = stored
+    if failed:
+        response.FailedSOPSequence = failed
+    status_code = 200 if not failed else 202 if stored else 409
+    return Response(response.to_json(), status_code=status_code, media_type=DICOM_JSON)
+
+
+def _sop_item(outcome: InstanceOutcome) -> Dataset:
+    item = Dataset()
+    if outcome.sop_class_uid is not None:
+        item.ReferencedSOPClassUID = outcome.sop_class_uid
+    if outcome.sop_instance_uid is not None:
+        item.ReferencedSOPInstanceUID = outcome.sop_instance_uid
+    if outcome.failure is not None:
+        item.FailureReason = int(outcome.failure)
+    return item
