@@ -1,4 +1,4 @@
-"""The ``sightline`` console script: serve, worker, beat, migrate, keys, models, demo.
+"""The ``sightline`` console script: serve, dicom-listener, worker, beat, migrate, keys, models, demo.
 
 ``worker`` and ``beat`` exec Celery by module path, so the gateway package never imports
 ``worker/`` (the arrow points one way: worker → service, never back).
@@ -40,6 +40,29 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,  # uvicorn's would log query strings (patient_id filters); see service.access_log
         proxy_headers=True,
     )
+    return 0
+
+
+def _ae_title(text: str) -> str:
+    """argparse type: a valid AE title (PS3.5 6.2)."""
+    from service.settings import validate_ae_title
+
+    try:
+        return validate_ae_title(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dicom_listener(args: argparse.Namespace) -> int:
+    from service.dicom.listener import serve
+    from service.logging_setup import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    settings.ensure_dirs()
+    if args.ae_title:
+        settings = settings.model_copy(update={"dicom_ae_title": args.ae_title})
+    serve(settings, args.host or settings.dicom_host, args.port or settings.dicom_port)
     return 0
 
 
@@ -239,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=_serve)
+
+    listener = sub.add_parser("dicom-listener", help="run the DICOM C-STORE/C-ECHO listener (pynetdicom)")
+    listener.add_argument("--host", help="address to bind (default SIGHTLINE_DICOM_HOST)")
+    listener.add_argument("--port", type=int, help="port (default SIGHTLINE_DICOM_PORT)")
+    listener.add_argument("--ae-title", type=_ae_title, help="called AE title (default SIGHTLINE_DICOM_AE_TITLE)")
+    listener.set_defaults(func=_dicom_listener)
 
     worker = sub.add_parser("worker", help="run a Celery analysis worker (extra args go to celery)")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)

@@ -10,6 +10,19 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def validate_ae_title(title: str) -> str:
+    """An AE title (PS3.5 6.2, VR AE): 1-16 characters of the default repertoire, no backslash.
+
+    Leading and trailing spaces are not significant, so they are dropped; an all-space title is refused.
+    """
+    stripped = title.strip(" ")
+    if not 1 <= len(stripped) <= 16:
+        raise ValueError(f"an AE title has 1 to 16 characters (not counting spaces), got {len(stripped)}")
+    if "\\" in stripped or any(not " " <= char <= "~" for char in stripped):
+        raise ValueError("an AE title holds printable ASCII characters only, without a backslash")
+    return stripped
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway, the worker and the DICOM listener.
 
@@ -40,6 +53,11 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(gt=0, lt=65536)] = 8000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
+    dicom_ae_title: str = "SIGHTLINE"
+    dicom_host: str = "127.0.0.1"
+    dicom_port: Annotated[int, Field(gt=0, lt=65536)] = 11112
+    dicom_allowed_calling_aets: list[str] = []  # empty: any calling AE title (the listener warns at start)
+    dicom_max_associations: Annotated[int, Field(gt=0)] = 10
 
     @field_validator("database_url")
     @classmethod
@@ -58,6 +76,22 @@ class Settings(BaseSettings):
         if not url.startswith(("redis://", "rediss://", "sqla+sqlite:", "sqla+postgresql", "amqp://")):
             raise ValueError("SIGHTLINE_BROKER_URL must be a redis://, amqp:// or sqla+ URL")
         return url
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _valid_ae_title(cls, title: str) -> str:
+        try:
+            return validate_ae_title(title)
+        except ValueError as exc:
+            raise ValueError(f"SIGHTLINE_DICOM_AE_TITLE: {exc}") from None
+
+    @field_validator("dicom_allowed_calling_aets")
+    @classmethod
+    def _valid_calling_aets(cls, titles: list[str]) -> list[str]:
+        try:
+            return [validate_ae_title(title) for title in titles]
+        except ValueError as exc:
+            raise ValueError(f"SIGHTLINE_DICOM_ALLOWED_CALLING_AETS: {exc}") from None
 
     @property
     def is_sqlite(self) -> bool:
