@@ -163,7 +163,7 @@ def test_compose_config_is_valid_for_docker_compose() -> None:
 
 
 def test_compose_roles_share_one_image(sightline_services: dict[str, dict[str, Any]]) -> None:
-    assert set(sightline_services) == {"migrate", "api", "worker", "beat"}
+    assert set(sightline_services) == {"migrate", "api", "dicom-listener", "worker", "beat"}
     images = {svc["image"] for svc in sightline_services.values()}
     builds = {repr(svc["build"]) for svc in sightline_services.values()}
     assert len(images) == 1 and len(builds) == 1

@@ -1,0 +1,1 @@
+"""DICOM networking: the C-STORE/C-ECHO listener (``sightline dicom-listener``)."""
