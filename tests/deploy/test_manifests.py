@@ -305,6 +305,18 @@ def test_k8s_api_probes_and_service(k8s: dict[tuple[str, str], dict[str, Any]]) 
     assert service["spec"]["ports"][0]["targetPort"] == "http"
 
 
+def test_k8s_dicom_listener_listens_on_the_configured_port(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    config = k8s[("ConfigMap", "sightline-config")]["data"]
+    deployment = k8s[("Deployment", "sightline-dicom-listener")]
+    listener = _pod_spec(deployment)["containers"][0]
+    assert listener["command"][:2] == ["sightline", "dicom-listener"]
+    assert {p["name"]: p["containerPort"] for p in listener["ports"]} == {"dicom": int(config["SIGHTLINE_DICOM_PORT"])}
+    assert deployment["spec"]["replicas"] == 2
+    service = k8s[("Service", "sightline-dicom-listener")]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "dicom"
+
+
 def test_k8s_worker_and_beat_expose_nothing(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
     for name in ("sightline-worker", "sightline-beat"):
         for container in _pod_spec(k8s[("Deployment", name)])["containers"]:
