@@ -162,3 +162,20 @@ def mr_slice(study_uid: str, series_uid: str, number: int, *, lesion: bool = Fal
     }
     values.update(changes)
     return dicom_variant(data, **values)
+
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+_IMAGE_PIXEL_MODULE = (
+    "PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "SamplesPerPixel", "PhotometricInterpretation",
+)  # fmt: skip
+
+
+def structured_report(study_uid: str) -> bytes:
+    """An SR-like object without pixel data (series ``.99`` of the study)."""
+    return dicom_variant(
+        make_mr_dicom(study_uid=study_uid, series_uid=f"{study_uid}.99", sop_uid=f"{study_uid}.99.1"),
+        SOPClassUID=BASIC_TEXT_SR,
+        Modality="SR",
+        **dict.fromkeys(_IMAGE_PIXEL_MODULE),
+    )

@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 import pynetdicom
 import pytest
-from helpers import dicom_variant, make_mr_dicom, mr_slice, read_back
+from helpers import BASIC_TEXT_SR, dicom_variant, make_mr_dicom, mr_slice, read_back, structured_report
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, RLELossless
@@ -37,7 +37,6 @@ from service.dicom.statuses import EchoStatus, StoreStatus
 from service.ingest.single import SingleStoreResult
 from service.settings import Settings
 
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 CALLING_AE = "MODALITY"  # on the allow-list of conftest.py
 DCMTK = shutil.which("echoscu") and shutil.which("storescu")
 
@@ -129,20 +128,7 @@ def test_an_rle_compressed_instance_is_stored_as_received(listener_port: int, di
 
 def test_an_object_without_pixels_is_stored_as_not_applicable(listener_port: int, dicom_settings: Settings) -> None:
     study = "1.2.826.0.1.8003"
-    report = dicom_variant(
-        make_mr_dicom(study_uid=study, series_uid=f"{study}.99", sop_uid=f"{study}.99.1"),
-        SOPClassUID=BASIC_TEXT_SR,
-        Modality="SR",
-        PixelData=None,
-        Rows=None,
-        Columns=None,
-        BitsAllocated=None,
-        BitsStored=None,
-        HighBit=None,
-        PixelRepresentation=None,
-        SamplesPerPixel=None,
-        PhotometricInterpretation=None,
-    )
+    report = structured_report(study)
     (response,) = store(listener_port, report)
     assert response.Status == StoreStatus.SUCCESS
     assert counts(dicom_settings) == (1, 0)

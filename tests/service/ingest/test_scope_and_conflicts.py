@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 from fastapi.testclient import TestClient
-from helpers import bearer, dicom_variant, make_mr_dicom, mr_slice, read_back
+from helpers import bearer, dicom_variant, mr_slice, read_back, structured_report
 from pydicom.uid import CTImageStorage, RLELossless, SecondaryCaptureImageStorage
 from sqlalchemy import func, select
 
@@ -17,30 +17,10 @@ from service.db.tables import AnalysisJob, Instance, Role, Study, StudyStatus
 from service.settings import Settings
 from service.storage import BlobStore
 
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-
 
 def upload(client: TestClient, token: str, *files: bytes, **form: str) -> Any:
     parts = [("files", (f"{i}.dcm", data, "application/octet-stream")) for i, data in enumerate(files)]
     return client.post("/api/v1/uploads", files=parts, data=form, headers=bearer(token))
-
-
-def structured_report(study_uid: str) -> bytes:
-    """An SR-like object without pixel data in the same study."""
-    return dicom_variant(
-        make_mr_dicom(study_uid=study_uid, series_uid=f"{study_uid}.99", sop_uid=f"{study_uid}.99.1"),
-        SOPClassUID=BASIC_TEXT_SR,
-        Modality="SR",
-        PixelData=None,
-        Rows=None,
-        Columns=None,
-        BitsAllocated=None,
-        BitsStored=None,
-        HighBit=None,
-        PixelRepresentation=None,
-        SamplesPerPixel=None,
-        PhotometricInterpretation=None,
-    )
 
 
 def counts(settings: Settings) -> tuple[int, int]:
