@@ -47,6 +47,7 @@ class Classifier:
         self.manifest = manifest
         self.model_path = resolve_model_path(manifest)
         self.model_sha256 = manifest.sha256  # cam_ready_path refuses a file with another hash
+        self._tumour_indices = [manifest.labels.index(label) for label in manifest.tumour_labels]
         self.cam_ready_path = cam_ready_path(
             self.model_path,
             manifest.sha256,
@@ -54,7 +55,7 @@ class Classifier:
             cam_layer=manifest.cam_layer,
             output_name=manifest.output_name,
             output_is_probability=manifest.output_is_probability,
-            tumour_classes=[manifest.labels.index(label) for label in manifest.tumour_labels],
+            tumour_classes=self._tumour_indices,
         )
         self.cam_ready_sha256 = file_sha256(self.cam_ready_path)
         self._options = ort.SessionOptions()
@@ -62,7 +63,6 @@ class Classifier:
             self._options.intra_op_num_threads = intra_op_threads
         self._session = self._open(self.cam_ready_path)
         self._plain_session: ort.InferenceSession | None = None
-        self._tumour_indices = [manifest.labels.index(label) for label in manifest.tumour_labels]
 
     def _open(self, path: Path) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=self._options, providers=["CPUExecutionProvider"])

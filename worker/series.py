@@ -13,7 +13,7 @@ from service.active_model import active_manifest
 from service.db.series_state import complete_quiet_series, lock_study, studies_with_quiet_series
 from service.db.session import unit_of_work
 from service.db.tables import Study, utcnow
-from service.db.triage import recompute_study
+from service.db.triage import recompute_locked
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ SWEEP_BATCH = 200
 
 def settle_study(db: Session, study_id: uuid.UUID, settings: Settings) -> Study:
     """Under the study lock: complete the study's quiet series, then recompute its triage."""
-    lock_study(db, study_id)
+    study = lock_study(db, study_id)
     completed = complete_quiet_series(
         db,
         study_id,
@@ -33,7 +33,7 @@ def settle_study(db: Session, study_id: uuid.UUID, settings: Settings) -> Study:
     )
     if completed:
         logger.info("series completed", extra={"study_id": str(study_id), "series": completed})
-    return recompute_study(db, study_id)
+    return recompute_locked(db, study)
 
 
 def sweep_after_job(settings: Settings) -> None:

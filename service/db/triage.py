@@ -28,8 +28,13 @@ from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, S
 
 
 def recompute_study(db: Session, study_id: uuid.UUID) -> Study:
-    """Status, score and key slice of the study from its series rows (see the module rules)."""
-    study = lock_study(db, study_id)
+    """Lock the study row, then ``recompute_locked``."""
+    return recompute_locked(db, lock_study(db, study_id))
+
+
+def recompute_locked(db: Session, study: Study) -> Study:
+    """Status, score and key slice of a study whose row the caller locked (see the module rules)."""
+    study_id = study.id
     db.flush()
     applicable_series = set(
         db.scalars(

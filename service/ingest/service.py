@@ -21,7 +21,7 @@ from models.pixels import read_dicom
 from service.db.series_state import lock_study
 from service.db.session import begin_write, forget_new_blob, store_blob
 from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, StudyStatus, utcnow
-from service.db.triage import recompute_study
+from service.db.triage import recompute_locked
 from service.errors import Conflict
 from service.ingest.dicom_meta import InstanceMeta
 from service.ingest.errors import InstanceConflict, StudyPatientMismatch
@@ -63,7 +63,7 @@ def store_files(
 
     Concurrent requests touching the same studies must take the study row locks in one
     global order, or [A, B] and [B, A] deadlock on PostgreSQL (an instance insert takes a
-    KEY SHARE lock on its study, ``recompute_study`` a FOR UPDATE). So the existing
+    KEY SHARE lock on its study, ``lock_study`` a FOR UPDATE). So the existing
     studies are locked up front by id, files are stored grouped by Study Instance UID (new
     study rows are created in that order) and studies are recomputed by id.
     """
@@ -89,7 +89,7 @@ def _settle_after_ingest(db: Session, study_id: uuid.UUID, *, pending: bool) -> 
     objects the model does not score) is recomputed."""
     study = lock_study(db, study_id)  # first, in the caller's id order (see ``store_files``)
     if not pending:
-        return recompute_study(db, study_id)
+        return recompute_locked(db, study)
     study.status = StudyStatus.pending
     db.flush()
     return study
