@@ -96,6 +96,13 @@ class Study(Base):
     key_frame: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Results as DICOM (service.results): set when the study settles as analysed, cleared once
+    # the result objects of a new generation are stored; turnaround is measured from the last
+    # instance received to the last result object stored at every destination.
+    results_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    results_generation: Mapped[int] = mapped_column(Integer, default=0)
+    results_delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    turnaround_seconds: Mapped[float | None] = mapped_column(Float)
 
     series: Mapped[list[Series]] = relationship(
         back_populates="study", order_by="Series.series_number", foreign_keys="Series.study_id"
@@ -104,6 +111,12 @@ class Study(Base):
     __table_args__ = (
         Index("ix_studies_patient_id", "patient_id"),
         Index("ix_studies_received_at", "received_at"),
+        Index(
+            "ix_studies_results_due_at",
+            "results_due_at",
+            postgresql_where=text("results_due_at IS NOT NULL"),
+            sqlite_where=text("results_due_at IS NOT NULL"),
+        ),
     )
 
 
@@ -264,6 +277,63 @@ class SliceScore(Base):
     result: Mapped[AnalysisResult] = relationship(back_populates="slices")
 
     __table_args__ = (UniqueConstraint("instance_id", "frame_index", name="uq_slice_scores_instance_frame"),)
+
+
+class ResultKind(enum.StrEnum):
+    sr = "sr"  # Comprehensive 3D SR, TID 1500 measurement report
+    sc = "sc"  # Secondary Capture of the key slice overlay (burned-in annotation)
+    pr = "pr"  # presentation state over the original key slice
+
+
+class ResultObject(Base):
+    """A DICOM object Sightline made from a study's results; its bytes are a blob."""
+
+    __tablename__ = "result_objects"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    study_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)  # the study's results_generation it belongs to
+    kind: Mapped[ResultKind] = mapped_column(_enum(ResultKind, "result_kind"))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    blob_key: Mapped[str] = mapped_column(String(80))
+    blob_size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="result_object")
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"  # waiting for its next attempt
+    delivered = "delivered"
+    failed = "failed"  # attempts exhausted, or refused for good by the destination
+
+
+class Delivery(Base):
+    """One result object to one configured destination: attempts and the last answer."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    result_object_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("result_objects.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(String(64))
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.pending
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[str | None] = mapped_column(String(64))  # e.g. "0x0000" or "HTTP 200"
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    result_object: Mapped[ResultObject] = relationship(back_populates="deliveries")
+
+    __table_args__ = (
+        UniqueConstraint("result_object_id", "destination", name="uq_deliveries_object_destination"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
 
 
 class ApiToken(Base):

@@ -16,7 +16,17 @@ from sqlalchemy import create_engine, inspect, text
 from service.db.migrate import downgrade, upgrade
 from service.db.tables import Base
 
-TABLES = {"studies", "series", "instances", "analysis_jobs", "analysis_results", "slice_scores", "api_tokens"}
+TABLES = {
+    "studies",
+    "series",
+    "instances",
+    "analysis_jobs",
+    "analysis_results",
+    "slice_scores",
+    "api_tokens",
+    "result_objects",
+    "deliveries",
+}
 
 
 def _schema_drift(url: str) -> list[object]:
