@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.access_log import install_access_log
+from service.dicomweb.qido import router as qido_router
 from service.dicomweb.stow import router as dicomweb_router
+from service.dicomweb.wado import router as wado_router
 from service.errors import install_error_handlers
 from service.health.routes import router as health_router
 from service.ingest.routes import router as ingest_router
@@ -40,5 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest_router, prefix="/api/v1")
     app.include_router(worklist_router, prefix="/api/v1")
     app.include_router(dicomweb_router, prefix="/dicomweb")
+    app.include_router(qido_router, prefix="/dicomweb")
+    app.include_router(wado_router, prefix="/dicomweb")
     app.include_router(web_router)
     return app

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from service.db.session import session_factory
 from service.db.tables import AnalysisJob, JobStatus
+from service.results.turnaround import turnaround_buckets
 from service.settings import Settings
 
 JOBS_BY_STATUS = Gauge("sightline_jobs", "Analysis jobs by status", ["status"])
@@ -20,9 +25,32 @@ JOB_LATENCY = Histogram(
 JOB_FAILURES = Counter("sightline_job_failures_total", "Jobs that ended failed", ["code"])
 
 
+class TurnaroundCollector(Collector):
+    """``sightline_study_turnaround_seconds``: a histogram counted in the database at scrape time,
+    so it holds every study whichever worker delivered it (see ``service.results.turnaround``)."""
+
+    def __init__(self) -> None:
+        self.snapshot: tuple[list[tuple[str, float]], float] = ([("+Inf", 0.0)], 0.0)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        buckets, total = self.snapshot
+        yield HistogramMetricFamily(
+            "sightline_study_turnaround_seconds",
+            "From a study's last instance received to its result objects stored at every destination",
+            buckets=buckets,
+            sum_value=total,
+        )
+
+
+TURNAROUND = TurnaroundCollector()
+REGISTRY.register(TURNAROUND)
+
+
 def refresh_queue_gauges(settings: Settings) -> None:
     with session_factory(settings)() as db:
         rows = db.execute(select(AnalysisJob.status, func.count()).group_by(AnalysisJob.status)).all()
+        buckets, total, _ = turnaround_buckets(db)
+    TURNAROUND.snapshot = (buckets, total)
     counts = {status: count for status, count in rows}
     for status in JobStatus:
         JOBS_BY_STATUS.labels(status=status.value).set(counts.get(status, 0))

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,32 @@ def validate_ae_title(title: str) -> str:
     if "\\" in stripped or any(not " " <= char <= "~" for char in stripped):
         raise ValueError("an AE title holds printable ASCII characters only, without a backslash")
     return stripped
+
+
+class Destination(BaseModel):
+    """Where result objects are pushed: a C-STORE SCP (``dimse``) or a STOW-RS service (``stow``).
+
+    ``SIGHTLINE_RESULT_DESTINATIONS`` is a JSON list of these, for example
+    ``[{"name": "pacs", "kind": "dimse", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242}]``.
+    """
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    kind: Literal["dimse", "stow"]
+    ae_title: str | None = None  # dimse: the destination's AE title
+    host: str | None = None
+    port: Annotated[int | None, Field(gt=0, lt=65536)] = None
+    url: str | None = None  # stow: the DICOMweb base URL; objects go to {url}/studies
+    token: SecretStr | None = None  # stow: sent as "Authorization: Bearer <token>"
+
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.kind == "dimse":
+            if not (self.ae_title and self.host and self.port):
+                raise ValueError(f"destination {self.name!r}: a dimse destination needs ae_title, host and port")
+            self.ae_title = validate_ae_title(self.ae_title)
+        elif not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError(f"destination {self.name!r}: a stow destination needs an http(s) url")
+        return self
 
 
 class Settings(BaseSettings):
@@ -58,6 +84,12 @@ class Settings(BaseSettings):
     dicom_port: Annotated[int, Field(gt=0, lt=65536)] = 11112
     dicom_allowed_calling_aets: list[str] = []  # empty: any calling AE title (the listener warns at start)
     dicom_max_associations: Annotated[int, Field(gt=0)] = 10
+    uid_root: str | None = None  # None: result objects get 2.25.<UUID> UIDs (PS3.5 B.2)
+    result_destinations: list[Destination] = []
+    delivery_max_attempts: Annotated[int, Field(gt=0)] = 8
+    delivery_backoff_seconds: Annotated[float, Field(gt=0)] = 5.0  # doubled after each failed attempt
+    delivery_backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    delivery_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
 
     @field_validator("database_url")
     @classmethod
@@ -92,6 +124,24 @@ class Settings(BaseSettings):
             return [validate_ae_title(title) for title in titles]
         except ValueError as exc:
             raise ValueError(f"SIGHTLINE_DICOM_ALLOWED_CALLING_AETS: {exc}") from None
+
+    @field_validator("result_destinations")
+    @classmethod
+    def _unique_destinations(cls, destinations: list[Destination]) -> list[Destination]:
+        names = [destination.name for destination in destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("SIGHTLINE_RESULT_DESTINATIONS: destination names must be unique")
+        return destinations
+
+    @field_validator("uid_root")
+    @classmethod
+    def _valid_uid_root(cls, root: str | None) -> str | None:
+        if root is None:
+            return None
+        parts = root.split(".")
+        if len(root) > 40 or not all(part.isdigit() and (part == "0" or not part.startswith("0")) for part in parts):
+            raise ValueError("SIGHTLINE_UID_ROOT: digits and dots, no leading zeros, at most 40 characters")
+        return root
 
     @property
     def is_sqlite(self) -> bool:

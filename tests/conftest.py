@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import REDIS_URL, issue_token, make_settings, scratch_pg_database, services_available
+from helpers import REDIS_URL, StartListener, issue_token, make_settings, scratch_pg_database, services_available
 from sqlalchemy import create_engine, text
 
 from service.app import create_app
 from service.db.migrate import upgrade
 from service.db.tables import Role
+from service.dicom.listener import make_listener
 from service.settings import Settings
 
 SKIPPED_INTEGRATION: list[str] = []
@@ -93,3 +95,20 @@ def tokens(settings: Settings) -> dict[Role, str]:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture()
+def start_listener() -> Iterator[StartListener]:
+    """Start a listener with these settings; its port. Every one is shut down after the test."""
+    stops: list[Callable[[], None]] = []
+
+    def start(settings: Settings) -> int:
+        server = make_listener(settings, "127.0.0.1", 0)
+        thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
+        thread.start()
+        stops.append(server.shutdown)
+        return int(server.server_address[1])
+
+    yield start
+    for stop in stops:
+        stop()

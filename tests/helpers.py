@@ -6,23 +6,28 @@ import io
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from fastapi.testclient import TestClient
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
+from models.inference import Classifier
 from service.auth.tokens import create_token
 from service.db.session import unit_of_work
-from service.db.tables import Role
+from service.db.tables import AnalysisJob, JobStatus, Role
 from service.settings import Settings
+from worker.pipeline import Outcome, analyse_job
 
 PG_ADMIN_URL = os.environ.get("SIGHTLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+StartListener = Callable[[Settings], int]  # the ``start_listener`` fixture: settings in, port out
+
 REDIS_URL = os.environ.get("SIGHTLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
@@ -179,3 +184,19 @@ def structured_report(study_uid: str) -> bytes:
         Modality="SR",
         **dict.fromkeys(_IMAGE_PIXEL_MODULE),
     )
+
+
+def upload(client: TestClient, token: str, *files: bytes) -> None:
+    """POST DICOM files to the upload API; they must all be accepted."""
+    parts = [("files", (f"{i}.dcm", data, "application/dicom")) for i, data in enumerate(files)]
+    response = client.post("/api/v1/uploads", files=parts, headers=bearer(token))
+    assert response.status_code == 202, response.json()
+
+
+def run_queued(settings: Settings, classifier: Classifier) -> int:
+    """Run every queued job in this process, as a worker would; how many ran."""
+    with unit_of_work(settings) as db:
+        queued = list(db.scalars(select(AnalysisJob.id).where(AnalysisJob.status == JobStatus.queued)))
+    for job_id in queued:
+        assert analyse_job(job_id, settings=settings, classifier=classifier, worker_name="w") is Outcome.succeeded
+    return len(queued)

@@ -1,5 +1,7 @@
 """Completing quiet series: after every job, and on a beat sweep for series whose last job
-finished before their quiet period ran out (see ``service.db.series_state``)."""
+finished before their quiet period ran out (see ``service.db.series_state``). The same
+sweep publishes the results of studies that settled (``service.results.publish``) and
+pushes them to the configured destinations (``service.results.deliver``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from service.db.series_state import complete_quiet_series, lock_study, studies_w
 from service.db.session import unit_of_work
 from service.db.tables import Study, utcnow
 from service.db.triage import recompute_locked
+from service.results.deliver import deliver_due
+from service.results.publish import mark_due, publish_due
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,13 +37,16 @@ def settle_study(db: Session, study_id: uuid.UUID, settings: Settings) -> Study:
     )
     if completed:
         logger.info("series completed", extra={"study_id": str(study_id), "series": completed})
-    return recompute_locked(db, study)
+    study = recompute_locked(db, study)
+    if completed:
+        mark_due(study, utcnow())
+    return study
 
 
 def sweep_after_job(settings: Settings) -> None:
     """Every finished job also sweeps: while a backlog keeps the workers busy, beat's sweep
     messages wait behind it in the queue (and expire), so the workers themselves complete the
-    series that went quiet meanwhile. The cost when nothing is ready is one indexed query."""
+    series that went quiet meanwhile. The cost when nothing is ready is three indexed queries."""
     try:
         sweep_quiet_series(settings)
     except DatabaseError:
@@ -55,4 +62,6 @@ def sweep_quiet_series(settings: Settings) -> int:
     for study_id in study_ids:
         with unit_of_work(settings) as db:
             settle_study(db, study_id, settings)
+    publish_due(settings)
+    deliver_due(settings)
     return len(study_ids)

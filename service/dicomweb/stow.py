@@ -3,8 +3,9 @@
 Unlike ``POST /api/v1/uploads`` every instance is stored or refused on its own (PS3.18
 §10.5.3): the response lists the stored ones in ReferencedSOPSequence and the refused ones,
 each with its Failure Reason, in FailedSOPSequence. Instances already stored (same SOP
-Instance UID and content) count as stored and are not duplicated. RetrieveURL is left out:
-this gateway has no WADO-RS to retrieve from.
+Instance UID and content) count as stored and are not duplicated. Each stored instance
+carries its WADO-RS RetrieveURL (a path on this server, ``service.dicomweb.wado``), and the
+response carries the study's when every stored instance belongs to one study.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class InstanceOutcome:
     sop_class_uid: str | None
     sop_instance_uid: str | None
     failure: FailureReason | None = None
+    study_instance_uid: str | None = None
+    retrieve_url: str | None = None  # WADO-RS path of a stored instance
 
 
 _STORE_RESPONSE: dict[str, Any] = {"content": {DICOM_JSON: {}}}
@@ -124,8 +127,11 @@ async def _stow(request: Request, *, expected_study: str | None) -> Response:
     if not parts:
         raise MalformedMultipart("the body has no parts")
     settings: Settings = request.app.state.settings
-    outcomes = [await _store_part(settings, part, index, expected_study) for index, part in enumerate(parts)]
-    return _store_response(outcomes)
+    studies_path = request.url_for("store_instances").path
+    outcomes = [
+        await _store_part(settings, part, index, expected_study, studies_path) for index, part in enumerate(parts)
+    ]
+    return _store_response(outcomes, studies_path)
 
 
 def _check_accept(accept: str | None) -> None:
@@ -135,10 +141,12 @@ def _check_accept(accept: str | None) -> None:
         raise NotAcceptable(f"the response is only available as {DICOM_JSON}")
 
 
-async def _store_part(settings: Settings, part: BodyPart, index: int, expected_study: str | None) -> InstanceOutcome:
+async def _store_part(
+    settings: Settings, part: BodyPart, index: int, expected_study: str | None, studies_path: str
+) -> InstanceOutcome:
     if (part.media_type or DICOM_MEDIA_TYPE) != DICOM_MEDIA_TYPE:
         return _failed(InstanceOutcome(None, None), index, FailureReason.CANNOT_UNDERSTAND, "part_not_dicom")
-    sop_class, sop_instance, study = _peek_uids(part.content)
+    sop_class, sop_instance, study, series = _peek_uids(part.content)
     known = InstanceOutcome(sop_class, sop_instance)
     if expected_study is not None and study is not None and study != expected_study:
         return _failed(known, index, FailureReason.STUDY_INSTANCE_UID_MISMATCH, "study_instance_uid_mismatch")
@@ -147,7 +155,9 @@ async def _store_part(settings: Settings, part: BodyPart, index: int, expected_s
         return _failed(known, index, failure_reason(result.status_code, result.code), result.code or "refused")
     if not result.entry.duplicate:
         INGESTED.labels(source="stow_rs").inc()
-    return InstanceOutcome(sop_class, result.entry.sop_instance_uid)
+    stored_study, sop_uid = result.entry.study_instance_uid, result.entry.sop_instance_uid
+    url = f"{studies_path}/{stored_study}/series/{series}/instances/{sop_uid}" if series else None
+    return InstanceOutcome(sop_class, sop_uid, study_instance_uid=stored_study, retrieve_url=url)
 
 
 def _failed(known: InstanceOutcome, index: int, reason: FailureReason, code: str) -> InstanceOutcome:
@@ -163,15 +173,16 @@ def _failed(known: InstanceOutcome, index: int, reason: FailureReason, code: str
     return InstanceOutcome(known.sop_class_uid, known.sop_instance_uid, reason)
 
 
-def _peek_uids(content: bytes) -> tuple[str | None, str | None, str | None]:
-    """SOP Class, SOP Instance and Study Instance UIDs, each None where it cannot be read."""
+def _peek_uids(content: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """SOP Class, SOP Instance, Study and Series Instance UIDs, each None where it cannot be read."""
+    keywords = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
     try:
         ds = dcmread(BytesIO(content), stop_before_pixels=True, force=True)
-        values = [ds.get(keyword) for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")]
+        values = [ds.get(keyword) for keyword in keywords]
     except _PARSE_ERRORS:
-        return None, None, None
-    sop_class, sop_instance, study = (_uid_or_none(value) for value in values)
-    return sop_class, sop_instance, study
+        return None, None, None, None
+    sop_class, sop_instance, study, series = (_uid_or_none(value) for value in values)
+    return sop_class, sop_instance, study, series
 
 
 def _uid_or_none(value: object) -> str | None:
@@ -180,13 +191,16 @@ def _uid_or_none(value: object) -> str | None:
     return text if len(text) <= 64 and re.fullmatch(_UID_PATTERN, text) else None
 
 
-def _store_response(outcomes: list[InstanceOutcome]) -> Response:
+def _store_response(outcomes: list[InstanceOutcome], studies_path: str) -> Response:
     """PS3.18 Table 10.5.3-1 statuses with the Store Instances Response Module (Annex I, Table I.2-1)."""
     response = Dataset()
     stored = [_sop_item(outcome) for outcome in outcomes if outcome.failure is None]
     failed = [_sop_item(outcome) for outcome in outcomes if outcome.failure is not None]
     if stored:
         response.ReferencedSOPSequence = stored
+        studies = {outcome.study_instance_uid for outcome in outcomes if outcome.failure is None}
+        if len(studies) == 1 and None not in studies:
+            response.RetrieveURL = f"{studies_path}/{studies.pop()}"
     if failed:
         response.FailedSOPSequence = failed
     status_code = 200 if not failed else 202 if stored else 409
@@ -199,6 +213,8 @@ def _sop_item(outcome: InstanceOutcome) -> Dataset:
         item.ReferencedSOPClassUID = outcome.sop_class_uid
     if outcome.sop_instance_uid is not None:
         item.ReferencedSOPInstanceUID = outcome.sop_instance_uid
+    if outcome.retrieve_url is not None:
+        item.RetrieveURL = outcome.retrieve_url
     if outcome.failure is not None:
         item.FailureReason = int(outcome.failure)
     return item

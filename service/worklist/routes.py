@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service.deps import AppSettings, DbSession, Reader, Store
+from service.deps import Admin, AppSettings, DbSession, Reader, Store
 from service.errors import (
     BadRequest,
     ErrorEnvelope,
@@ -16,6 +16,7 @@ from service.errors import (
     UnprocessableInput,
     error_responses,
 )
+from service.worklist import results as study_results
 from service.worklist import service as worklist_service
 from service.worklist.images import instance_png
 from service.worklist.schemas import ImageKind, SeriesSlices, StudyDetail, WorklistPage, WorklistQuery
@@ -94,3 +95,49 @@ def get_instance_image(
     file and the other three answer 404 ``result_not_ready``."""
     png = instance_png(db, store, sop_uid, kind, max_pixels=settings.max_image_pixels)
     return Response(png, media_type="image/png", headers={"Cache-Control": IMAGE_CACHE_CONTROL})
+
+
+@router.get(
+    "/studies/{study_uid}/results",
+    response_model=study_results.StudyResults,
+    summary="The study's results as DICOM objects (SR, Secondary Capture, presentation state) and their deliveries",
+    responses=error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
+)
+def get_study_results(db: DbSession, _: Reader, request: Request, study_uid: str) -> study_results.StudyResults:
+    """Every generation's objects, newest first, with one delivery record per configured
+    destination (attempts, last status), and the study's turnaround once delivered."""
+
+    def object_url(sop_uid: str) -> str:
+        return request.url_for("result_object", sop_uid=sop_uid).path
+
+    return study_results.study_results(db, study_uid, object_url)
+
+
+@router.get(
+    "/result-objects/{sop_uid}",
+    name="result_object",
+    response_class=Response,
+    summary="One result object as a DICOM file (application/dicom)",
+    responses={
+        200: {"content": {"application/dicom": {}}, "description": "The DICOM Part 10 file"},
+        **error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
+    },
+)
+def get_result_object(db: DbSession, store: Store, _: Reader, sop_uid: str) -> Response:
+    obj = study_results.result_object(db, sop_uid)
+    return Response(
+        store.get(obj.blob_key),
+        media_type="application/dicom",
+        headers={"Cache-Control": IMAGE_CACHE_CONTROL, "Content-Disposition": f'attachment; filename="{sop_uid}.dcm"'},
+    )
+
+
+@router.post(
+    "/studies/{study_uid}/results/redeliver",
+    summary="Send the current result objects again where their delivery failed (admin)",
+    responses=error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
+)
+def redeliver_study_results(db: DbSession, _: Admin, study_uid: str) -> dict[str, int]:
+    """Failed deliveries of the current generation go back to pending with a fresh count of
+    attempts; the workers' sweep pushes them within ``SIGHTLINE_SERIES_SWEEP_SECONDS``."""
+    return {"requeued": study_results.redeliver(db, study_uid)}

@@ -20,13 +20,13 @@ import json
 import math
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from service.db.tables import AnalysisJob, AnalysisResult, Instance, Series, Study
+from service.db.tables import AnalysisJob, AnalysisResult, Instance, Series, Study, as_utc
 from service.errors import BadRequest, NotFound
 from service.worklist.schemas import (
     BoundingBox,
@@ -160,13 +160,6 @@ def _cursor_key(body: object) -> SortKey:
     if not isinstance(received, str) or not isinstance(ident, str):
         raise TypeError("cursor time and id must be strings")
     return SortKey(priority, float(score), as_utc(datetime.fromisoformat(received)), uuid.UUID(ident))
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones. Answer aware UTC always."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def summary_fields(study: Study, key_sop: str | None) -> dict[str, Any]:

@@ -65,6 +65,7 @@ def main() -> int:
     figures["study_level"] = _study_figures(raw, raw_parallel, series_runs, study_runs, args)
     figures["worker_memory"] = _memory_figures(memory)
     figures["decode_memory"] = decode_memory_figures(args.rounds)
+    figures["ingest_vs_orthanc"] = ingest_vs_orthanc_figures(args.rounds)
     _write(args.report, figures)
     print(json.dumps(figures, indent=2))
     return 0
@@ -173,15 +174,30 @@ def decode_memory_figures(rounds: int) -> dict[str, float] | None:
     return dict(decode_memory.run(rounds=rounds))
 
 
+def ingest_vs_orthanc_figures(rounds: int) -> dict[str, Any] | None:
+    """``tests/bench/ingest_vs_orthanc.py``: STOW-RS and C-STORE instances/s, Sightline vs Orthanc
+    (``None`` when PostgreSQL/Redis, storescu or Orthanc is missing; the section says why)."""
+    import ingest_vs_orthanc
+
+    return ingest_vs_orthanc.run(rounds=rounds)
+
+
 def _write(path: Path, f: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sections = [
         study_section(f["study_level"], backend=f["backend"], processes=f["worker_processes"]),
         memory_section(f["worker_memory"], processes=f["worker_processes"]),
         decode_section(f["decode_memory"]),
+        _ingest_section(f["ingest_vs_orthanc"]),
     ]
     path.write_text(_headline(f) + "".join(f"\n{section}" for section in sections))
     path.with_suffix(".json").write_text(json.dumps(f, indent=2) + "\n")
+
+
+def _ingest_section(figures: dict[str, Any] | None) -> str:
+    import ingest_vs_orthanc
+
+    return ingest_vs_orthanc.section(figures)
 
 
 def _headline(f: dict[str, Any]) -> str:

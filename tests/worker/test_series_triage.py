@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import bearer, mr_slice
+from helpers import bearer, mr_slice, run_queued, upload
 from phantoms import enhanced_volume
 from pydicom.uid import CTImageStorage
 from sqlalchemy import select
@@ -29,25 +29,10 @@ from service.db.tables import (
     StudyStatus,
 )
 from service.settings import Settings
-from worker.pipeline import Outcome, analyse_job
 from worker.series import settle_study, sweep_after_job, sweep_quiet_series
 
 STUDY = "1.2.826.0.1.8001"
 SERIES = f"{STUDY}.1"
-
-
-def upload(client: TestClient, token: str, *files: bytes) -> None:
-    parts = [("files", (f"{i}.dcm", data, "application/dicom")) for i, data in enumerate(files)]
-    response = client.post("/api/v1/uploads", files=parts, headers=bearer(token))
-    assert response.status_code == 202, response.json()
-
-
-def run_queued(settings: Settings, classifier: Classifier) -> int:
-    with unit_of_work(settings) as db:
-        queued = list(db.scalars(select(AnalysisJob.id).where(AnalysisJob.status == JobStatus.queued)))
-    for job_id in queued:
-        assert analyse_job(job_id, settings=settings, classifier=classifier, worker_name="w") is Outcome.succeeded
-    return len(queued)
 
 
 def age_series(settings: Settings, seconds: float) -> None:

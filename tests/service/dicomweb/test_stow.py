@@ -69,7 +69,8 @@ def test_all_instances_stored_answer_200_with_every_reference(
     ds = store_response(response)
     assert referenced(ds) == [(MRImageStorage, f"{SERIES}.1"), (MRImageStorage, f"{SERIES}.2")]
     assert "FailedSOPSequence" not in ds
-    assert ds["ReferencedSOPSequence"].VR == "SQ" and "RetrieveURL" not in ds.ReferencedSOPSequence[0]
+    assert ds["ReferencedSOPSequence"].VR == "SQ"
+    assert ds.ReferencedSOPSequence[0].RetrieveURL == f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SERIES}.1"
     assert stored_uids(settings) == [f"{SERIES}.1", f"{SERIES}.2"]
 
 
