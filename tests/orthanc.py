@@ -26,12 +26,14 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 import pytest
+from helpers import mr_slice
 from stack import ServiceProcess, free_port
 
 ORTHANC_BIN = os.environ.get("SIGHTLINE_TEST_ORTHANC", "/usr/sbin/Orthanc")
@@ -277,3 +279,27 @@ class OrthancProcess:
 
 def _listed(resources: str | list[str]) -> list[str]:
     return [resources] if isinstance(resources, str) else list(resources)
+
+
+def short_uid() -> str:
+    """A study UID short enough that ``<study>.<series>.<slice>`` stays within 64 characters."""
+    return f"2.25.{uuid.uuid4().int >> 64}"
+
+
+def study_files(study_uid: str, slices: int = 3) -> dict[str, bytes]:
+    """A 2-series MR study: ``slices`` plain slices, then ``slices`` with a lesion; by SOP Instance UID."""
+    files: dict[str, bytes] = {}
+    for number, lesion in ((1, False), (2, True)):
+        series_uid = f"{study_uid}.{number}"
+        for index in range(1, slices + 1):
+            files[f"{series_uid}.{index}"] = mr_slice(study_uid, series_uid, index, lesion=lesion, SeriesNumber=number)
+    return files
+
+
+def load_into_orthanc(orthanc: OrthancProcess, files: dict[str, bytes]) -> str:
+    """Upload every file; the Orthanc ID of their one study."""
+    answers = [orthanc.upload(data) for data in files.values()]
+    assert {answer["Status"] for answer in answers} == {"Success"}
+    study_ids = {str(answer["ParentStudy"]) for answer in answers}
+    assert len(study_ids) == 1
+    return study_ids.pop()

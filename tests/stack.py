@@ -80,6 +80,11 @@ def worker_argv(node_name: str) -> list[str]:
     ]  # fmt: skip
 
 
+def beat_argv(schedule: Path) -> list[str]:
+    """``sightline beat``, as operators run it: the reconciler and the series sweep on schedule."""
+    return [sys.executable, "-m", "service.cli", "beat", "--schedule", str(schedule)]
+
+
 def api_argv(port: int) -> list[str]:
     app = ["-m", "uvicorn", "--factory", "service.app:create_app"]
     return [sys.executable, *app, "--host", "127.0.0.1", "--port", str(port)]

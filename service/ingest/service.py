@@ -17,14 +17,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.errors import ModelLibraryError
 from models.pixels import read_dicom
 from service.db.series_state import lock_study
-from service.db.session import begin_write, forget_new_blob, store_blob
+from service.db.session import NEW_BLOBS, begin_write, forget_new_blob, store_blob
 from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, StudyStatus, utcnow
 from service.db.triage import recompute_locked
-from service.errors import Conflict
+from service.errors import Conflict, SightlineError, model_error_status
 from service.ingest.dicom_meta import InstanceMeta
-from service.ingest.errors import InstanceConflict, StudyPatientMismatch
+from service.ingest.errors import InstanceConflict, RejectedFile, StudyPatientMismatch
 from service.ingest.fingerprint import same_decoded_pixels
 from service.ingest.reading import ParsedFile, refusing
 from service.ingest.schemas import UploadedInstance
@@ -80,6 +81,51 @@ def store_files(
     new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
     enqueue_after_commit(db, new_jobs, settings)
     return stored
+
+
+def store_each(
+    db: Session, store: BlobStore, files: Sequence[ParsedFile], *, priority: int | None, settings: Settings
+) -> list[Stored | SightlineError]:
+    """As ``store_files``, but every file succeeds or fails on its own (C-STORE, STOW-RS).
+
+    One transaction for the whole batch (one study lock, one commit, one publish) instead of
+    one per file: each file runs in its own SAVEPOINT, so a refused file rolls back its own
+    rows only, and the blob it created is removed at once. A refusal comes back as the
+    ``SightlineError`` in that file's place; anything else (the database gone) raises, and
+    the caller's unit of work rolls every file back.
+    """
+    begin_write(db)
+    _lock_studies(db, {parsed.meta.study_instance_uid for parsed in files})
+    by_index: dict[int, Stored | SightlineError] = {}
+    for parsed in sorted(files, key=lambda item: (item.meta.study_instance_uid, item.index)):
+        by_index[parsed.index] = _store_isolated(db, store, parsed, priority=priority)
+    outcomes = [by_index[parsed.index] for parsed in files]
+    stored = [item for item in outcomes if isinstance(item, Stored)]
+    to_analyse = {item.study_id for item in stored if not item.entry.duplicate and item.entry.job_id}
+    for study_id in sorted({item.study_id for item in stored}):
+        _raise_priority(_settle_after_ingest(db, study_id, pending=study_id in to_analyse), priority)
+    new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
+    enqueue_after_commit(db, new_jobs, settings)
+    return outcomes
+
+
+def _store_isolated(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: int | None) -> Stored | SightlineError:
+    """``store_one`` in its own SAVEPOINT; a refusal undoes this file's rows and new blob only."""
+    known_blobs = set(db.info.get(NEW_BLOBS, {}))
+    try:
+        with db.begin_nested():
+            return store_one(db, store, parsed, priority=priority)
+    except SightlineError as exc:
+        _discard_blobs_since(db, store, known_blobs)
+        return exc
+    except ModelLibraryError as exc:  # a re-send whose pixels could not be compared
+        _discard_blobs_since(db, store, known_blobs)
+        return RejectedFile(str(exc), status_code=model_error_status(exc), code=exc.code)
+
+
+def _discard_blobs_since(db: Session, store: BlobStore, known: set[str]) -> None:
+    for key in [key for key in db.info.get(NEW_BLOBS, {}) if key not in known]:
+        _drop_unused_blob(db, store, key)
 
 
 def _settle_after_ingest(db: Session, study_id: uuid.UUID, *, pending: bool) -> Study:

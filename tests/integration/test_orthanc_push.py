@@ -12,15 +12,22 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import bearer, issue_token, mr_slice
-from orthanc import ORTHANC_AET, OrthancError, OrthancProcess, require_orthanc
+from helpers import bearer, issue_token
+from orthanc import (
+    ORTHANC_AET,
+    OrthancError,
+    OrthancProcess,
+    load_into_orthanc,
+    require_orthanc,
+    short_uid,
+    study_files,
+)
 from sqlalchemy import func, select
 from stack import REPO_ROOT, ServiceProcess, StartProcess, api_argv, free_port, wait_healthy
 
@@ -31,7 +38,6 @@ from service.settings import Settings
 pytestmark = pytest.mark.integration
 
 LISTENER_AET = "SIGHTLINE"
-SLICES = 3  # per series; two series, the second with a lesion
 
 
 @pytest.fixture()
@@ -83,30 +89,6 @@ def orthanc(tmp_path: Path, pg_settings: Settings, sightline_api: str, listener_
         sightline_dicom=(LISTENER_AET, listener_port),
     ) as server:
         yield server
-
-
-def short_uid() -> str:
-    """A study UID short enough that ``<study>.<series>.<slice>`` stays within 64 characters."""
-    return f"2.25.{uuid.uuid4().int >> 64}"
-
-
-def study_files(study_uid: str) -> dict[str, bytes]:
-    """A 2-series MR study: ``SLICES`` plain slices, then ``SLICES`` with a lesion; by SOP Instance UID."""
-    files: dict[str, bytes] = {}
-    for number, lesion in ((1, False), (2, True)):
-        series_uid = f"{study_uid}.{number}"
-        for index in range(1, SLICES + 1):
-            files[f"{series_uid}.{index}"] = mr_slice(study_uid, series_uid, index, lesion=lesion, SeriesNumber=number)
-    return files
-
-
-def load_into_orthanc(orthanc: OrthancProcess, files: dict[str, bytes]) -> str:
-    """Upload every file; the Orthanc ID of their one study."""
-    answers = [orthanc.upload(data) for data in files.values()]
-    assert {answer["Status"] for answer in answers} == {"Success"}
-    study_ids = {str(answer["ParentStudy"]) for answer in answers}
-    assert len(study_ids) == 1
-    return study_ids.pop()
 
 
 def stored_in_sightline(settings: Settings, study_uid: str) -> tuple[list[str], int]:
