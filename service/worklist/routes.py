@@ -62,7 +62,8 @@ def get_study(db: DbSession, _: Reader, request: Request, study_uid: str) -> Stu
     def image_url(sop_uid: str, kind: ImageKind) -> str:
         return request.url_for("instance_image", sop_uid=sop_uid, kind=kind.value).path
 
-    return worklist_service.study_detail(db, study_uid, image_url)
+    results_url = request.url_for("study_results", study_uid=study_uid).path
+    return worklist_service.study_detail(db, study_uid, image_url, results_url)
 
 
 @router.get(
@@ -99,6 +100,7 @@ def get_instance_image(
 
 @router.get(
     "/studies/{study_uid}/results",
+    name="study_results",
     response_model=study_results.StudyResults,
     summary="The study's results as DICOM objects (SR, Secondary Capture, presentation state) and their deliveries",
     responses=error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),

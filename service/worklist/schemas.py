@@ -195,4 +195,10 @@ class SeriesSlices(BaseModel):
 class StudyDetail(StudySummary):
     study_time: str | None
     series: list[SeriesView]
+    results_generation: int = Field(description="Generations of result objects (SR, SC, PR) made; 0: none yet")
+    results_delivered_at: datetime | None = Field(description="When the current objects reached every destination")
+    turnaround_seconds: float | None = Field(
+        description="From the last instance received to the result objects stored at every destination"
+    )
+    results_url: str = Field(description="The result objects and their deliveries")
     disclaimer: str = DISCLAIMER

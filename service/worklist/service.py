@@ -188,7 +188,7 @@ def _row(row: Any) -> WorklistRow:
     return WorklistRow(**summary_fields(row.Study, row.key_sop), instance_count=row.instance_count)
 
 
-def study_detail(db: Session, study_uid: str, image_url: ImageUrl) -> StudyDetail:
+def study_detail(db: Session, study_uid: str, image_url: ImageUrl, results_url: str) -> StudyDetail:
     """The study with its series, instances, jobs and latest results."""
     study = db.scalar(
         select(Study)
@@ -204,6 +204,10 @@ def study_detail(db: Session, study_uid: str, image_url: ImageUrl) -> StudyDetai
         **summary_fields(study, sop_of.get(study.key_instance_id) if study.key_instance_id else None),
         study_time=study.study_time,
         series=[_series_view(series, image_url, sop_of) for series in study.series],
+        results_generation=study.results_generation,
+        results_delivered_at=as_utc(study.results_delivered_at) if study.results_delivered_at else None,
+        turnaround_seconds=study.turnaround_seconds,
+        results_url=results_url,
     )
 
 

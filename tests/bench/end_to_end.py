@@ -10,7 +10,6 @@ separate Celery beat process schedules the reconciler and the series sweep, as i
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 from helpers import bearer, issue_token, make_mr_dicom, make_settings, scratch_pg_database
 from sqlalchemy import func, select
-from stack import ServiceProcess, api_argv, free_port, wait_healthy, worker_argv
+from stack import ServiceProcess, api_argv, beat_argv, free_port, wait_healthy, worker_argv
 
 from service.db.migrate import upgrade
 from service.db.session import unit_of_work
@@ -54,11 +53,6 @@ def _database(workdir: Path, production: bool) -> Iterator[Settings]:
     with scratch_pg_database("sightline_bench") as url:
         upgrade(url)
         yield make_settings(workdir, database_url=url, broker_url=REDIS_URL)
-
-
-def beat_argv(schedule: Path) -> list[str]:
-    """Celery beat as ``sightline beat`` runs it (``service.cli``), by module path."""
-    return [sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "beat", "--schedule", str(schedule)]
 
 
 @contextmanager

@@ -5,7 +5,9 @@
 3. study-level time: a 150-slice series and a 3-series study, from the first upload to the
    study's triage score, over (slices x raw seconds per slice) (aim <= 1.15), and the
    resident memory of every worker process;
-4. decode memory per megapixel (``decode_memory.py``), when that module is present.
+4. decode memory per megapixel (``decode_memory.py``), when that module is present;
+5. ingest into Sightline vs Orthanc (``ingest_vs_orthanc.py``) and a 150-slice study's
+   turnaround with Orthanc as the PACS (``turnaround_orthanc.py``).
 Rounds interleave raw and end-to-end measurements so that machine noise hits both; the
 figures are medians over rounds.
 """
@@ -23,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import turnaround_orthanc
 from end_to_end import push_and_wait, running_stack
 from helpers import services_available
 from model_latency import LatencyFigures, measure_latency, raw_parallel_throughput, raw_throughput
@@ -66,6 +69,7 @@ def main() -> int:
     figures["worker_memory"] = _memory_figures(memory)
     figures["decode_memory"] = decode_memory_figures(args.rounds)
     figures["ingest_vs_orthanc"] = ingest_vs_orthanc_figures(args.rounds)
+    figures["turnaround_orthanc"] = turnaround_orthanc.run(args.rounds, args.processes)
     _write(args.report, figures)
     print(json.dumps(figures, indent=2))
     return 0
@@ -189,6 +193,7 @@ def _write(path: Path, f: dict[str, Any]) -> None:
         memory_section(f["worker_memory"], processes=f["worker_processes"]),
         decode_section(f["decode_memory"]),
         _ingest_section(f["ingest_vs_orthanc"]),
+        turnaround_orthanc.section(f["turnaround_orthanc"]),
     ]
     path.write_text(_headline(f) + "".join(f"\n{section}" for section in sections))
     path.with_suffix(".json").write_text(json.dumps(f, indent=2) + "\n")

@@ -162,6 +162,13 @@ const Sightline = (() => {
     return box;
   }
 
+  function resultsLine(study) {
+    if (!study.results_generation) return "Results as DICOM: not made yet";
+    const delivered = study.turnaround_seconds == null ? "delivery pending"
+      : `turnaround ${study.turnaround_seconds.toFixed(1)} s (last instance received → results stored at every destination)`;
+    return `Results as DICOM (SR, Secondary Capture, presentation state), generation ${study.results_generation}: ${delivered}`;
+  }
+
   function studyPage() {
     const uid = decodeURIComponent(location.pathname.split("/").pop());
     requireLogin(async () => {
@@ -170,6 +177,7 @@ const Sightline = (() => {
         const study = await (await api(`/api/v1/studies/${encodeURIComponent(uid)}`)).json();
         summary.textContent = `${study.synthetic ? "[SYNTHETIC] " : ""}${study.description || ""} · ` +
           `patient ${study.patient_id || "—"} · ${study.status} · triage score ${fmtScore(study.triage_score)}`;
+        summary.append(el("div", resultsLine(study)));
         const container = document.getElementById("instances");
         for (const series of study.series) {
           const state = series.complete ? `series score ${fmtScore(series.series_score)}` : "series not complete";

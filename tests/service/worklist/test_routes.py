@@ -260,6 +260,7 @@ def test_study_detail(client: TestClient, reader: dict[str, str], settings: Sett
     assert body["disclaimer"] == "Research use only. Not a medical device."
     assert (body["patient_name"], body["triage_score"], body["predicted_label"]) == ("Test^detail", 0.8, "pituitary")
     assert body["status"] == StudyStatus.analysed.value and body["key_instance_sop_uid"] == f"{uid}.1.1"
+    assert body["results_url"] == f"/api/v1/studies/{uid}/results" and body["results_generation"] == 0
     instance = body["series"][0]["instances"][0]
     assert instance["job"]["status"] == "succeeded" and instance["job"]["attempts"] == 0
     result = instance["result"]
