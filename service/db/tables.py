@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Date,
     DateTime,
     Enum,
@@ -110,6 +111,13 @@ class Study(Base):
     results_generation: Mapped[int] = mapped_column(Integer, default=0)
     results_delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     turnaround_seconds: Mapped[float | None] = mapped_column(Float)
+    # Reading workflow (service.workflow): one reader holds a claim at a time; reporting ends it.
+    # The claim's transaction UID is the UPS-RS Transaction UID of the study's workitem.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_transaction_uid: Mapped[str | None] = mapped_column(UID)
+    reported_by: Mapped[str | None] = mapped_column(String(128))
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     series: Mapped[list[Series]] = relationship(
         back_populates="study", order_by="Series.series_number", foreign_keys="Series.study_id"
@@ -355,3 +363,43 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Feedback(Base):
+    """A reader's verdict on the model's label for a study: agree, or the right label."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    study_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    reader: Mapped[str] = mapped_column(String(128))
+    model_label: Mapped[str | None] = mapped_column(String(64))  # the study's label when feedback was given
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    agrees: Mapped[bool] = mapped_column()
+    reader_label: Mapped[str] = mapped_column(String(64))  # the label the reader says is right
+    comment: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only trail of who did what, when, from where (views, claims, reports, feedback).
+
+    Rows are only ever inserted; on PostgreSQL a trigger refuses UPDATE and DELETE.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))  # the token's name
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))  # view, claim, release, report, feedback, ...
+    study_instance_uid: Mapped[str | None] = mapped_column(UID)
+    client: Mapped[str | None] = mapped_column(String(64))  # the client's address
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_study_instance_uid", "study_instance_uid"),
+    )

@@ -25,6 +25,8 @@ TABLES = {
     "slice_scores",
     "api_tokens",
     "result_objects",
+    "feedback",
+    "audit_events",
     "deliveries",
 }
 
