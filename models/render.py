@@ -29,9 +29,13 @@ class BoundingBox:
 
 
 def encode_png(img: npt.NDArray[np.uint8]) -> bytes:
-    """PNG bytes of an HxW grey or HxWx3 RGB uint8 image."""
+    """PNG bytes of an HxW grey, HxWx3 RGB or HxWx4 RGBA uint8 image."""
     pixels = _check_pixels(img)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels)
+    if pixels.ndim == 3:
+        bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR if pixels.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+        ok, encoded = cv2.imencode(".png", bgr)
+    else:
+        ok, encoded = cv2.imencode(".png", pixels)
     if not ok:
         raise InvalidImageArray(f"PNG encoding failed for an image of shape {img.shape}")
     return bytes(encoded.tobytes())
@@ -66,20 +70,43 @@ def overlay(image: npt.NDArray[np.uint8], levels01: CamMap, alpha: float = 0.4) 
 def outline(image: npt.NDArray[np.uint8], region: npt.NDArray[np.bool_] | None) -> tuple[RgbImage, BoundingBox | None]:
     """The image with the region's outline and bounding box drawn; unchanged (RGB) without a region."""
     base = as_rgb(image).copy()
+    return base, _draw_region(base, region, BOX_RGB, CONTOUR_RGB)
+
+
+def outline_layer(size: tuple[int, int], region: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.uint8]:
+    """The same outline and box on a transparent HxWx4 RGBA layer, for a viewer to toggle."""
+    layer = np.zeros((*size, 4), dtype=np.uint8)
+    _draw_region(layer, region, (*BOX_RGB, 255), (*CONTOUR_RGB, 255))
+    return layer
+
+
+def map_levels(levels01: CamMap) -> npt.NDArray[np.uint8]:
+    """A 0..1 map as 8-bit grey (0..255): what a viewer colours and makes transparent itself."""
+    return np.round(np.clip(levels01, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _draw_region(
+    canvas: npt.NDArray[np.uint8],
+    region: npt.NDArray[np.bool_] | None,
+    box_colour: tuple[int, ...],
+    contour_colour: tuple[int, ...],
+) -> BoundingBox | None:
     if region is None or not region.any():
-        return base, None
+        return None
     contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     largest = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
-    thickness = max(1, round(min(base.shape[:2]) / 200))
+    thickness = max(1, round(min(canvas.shape[:2]) / 200))
     x, y, width, height = cv2.boundingRect(largest)
-    cv2.rectangle(base, (x, y), (x + width - 1, y + height - 1), BOX_RGB, thickness)
-    cv2.drawContours(base, [largest], -1, CONTOUR_RGB, thickness)  # the outline stays on top of the box
-    return base, BoundingBox(x=int(x), y=int(y), width=int(width), height=int(height))
+    cv2.rectangle(canvas, (x, y), (x + width - 1, y + height - 1), box_colour, thickness)
+    cv2.drawContours(canvas, [largest], -1, contour_colour, thickness)  # the outline stays on top of the box
+    return BoundingBox(x=int(x), y=int(y), width=int(width), height=int(height))
 
 
 def as_rgb(image: npt.NDArray[np.uint8]) -> RgbImage:
     """Grey HxW promoted to HxWx3; RGB passed through."""
     pixels = _check_pixels(image)
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        raise InvalidImageArray("expected grey or RGB pixels, got RGBA")
     if pixels.ndim == 2:
         return np.asarray(cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB), dtype=np.uint8)
     return pixels
@@ -88,6 +115,6 @@ def as_rgb(image: npt.NDArray[np.uint8]) -> RgbImage:
 def _check_pixels(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     if image.dtype != np.uint8:
         raise InvalidImageArray(f"expected uint8 pixels, got {image.dtype}")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3) or 0 in image.shape:
-        raise InvalidImageArray(f"expected HxW or HxWx3 pixels, got shape {image.shape}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or 0 in image.shape:
+        raise InvalidImageArray(f"expected HxW, HxWx3 or HxWx4 pixels, got shape {image.shape}")
     return np.ascontiguousarray(image)

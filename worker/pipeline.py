@@ -23,7 +23,7 @@ from models.analysis import InstanceAnalysis, analyse_object
 from models.errors import ModelLibraryError
 from models.inference import Classifier
 from models.manifest import ModelManifest
-from models.render import BoundingBox, encode_png, heatmap_rgb, outline, overlay
+from models.render import BoundingBox, encode_png, heatmap_rgb, map_levels, outline, outline_layer, overlay
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import AnalysisResult, JobStatus, SliceScore
 from service.logging_setup import error_frames
@@ -44,7 +44,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
 )
 
-IMAGE_KINDS = ("original", "heatmap", "overlay", "contour")
+IMAGE_KINDS = ("original", "heatmap", "overlay", "contour", "map", "outline")
 
 
 class Outcome(enum.StrEnum):
@@ -167,10 +167,12 @@ def load_blob(store: BlobStore, key: str) -> bytes:
 
 
 def render_images(analysis: InstanceAnalysis, settings: Settings) -> tuple[dict[str, bytes], BoundingBox | None]:
-    """The four PNGs a radiologist sees of the key frame, all at its original resolution.
+    """The PNGs a radiologist sees of the key frame, all at its original resolution.
 
     The heatmap is the raw map over its own maximum (its strength is stored beside it);
-    the outline is drawn only around a focal region (``models.regions``).
+    the outline is drawn only around a focal region (``models.regions``). ``map`` (the
+    levels as 8-bit grey) and ``outline`` (a transparent RGBA layer) let a viewer colour,
+    fade and toggle them over the original itself.
     """
     pixels, cam = analysis.display, analysis.cam
     strength = float(cam.max())
@@ -181,6 +183,8 @@ def render_images(analysis: InstanceAnalysis, settings: Settings) -> tuple[dict[
         "heatmap": heatmap_rgb(levels),
         "overlay": overlay(pixels, levels, alpha=settings.overlay_alpha),
         "contour": outlined,
+        "map": map_levels(levels),
+        "outline": outline_layer(cam.shape, analysis.region.mask),
     }
     return {kind: encode_png(image) for kind, image in images.items()}, bbox
 
@@ -238,6 +242,8 @@ def _result_row(claim: ClaimedJob, rendering: Rendering, keys: dict[str, str]) -
         heatmap_key=keys["heatmap"],
         overlay_key=keys["overlay"],
         contour_key=keys["contour"],
+        map_key=keys["map"],
+        outline_key=keys["outline"],
         timings_ms=rendering.timings_ms,
     )
 

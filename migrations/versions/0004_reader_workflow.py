@@ -1,5 +1,7 @@
-"""reader workflow: claims and reports on studies, reader feedback on the model's label, and
-an append-only audit trail (on PostgreSQL a trigger refuses UPDATE and DELETE on it)
+"""reader workflow: claims and reports on studies, reader feedback on the model's label, an
+append-only audit trail (on PostgreSQL a trigger refuses UPDATE and DELETE on it), and two
+viewer layers per result (the map as grey levels, the outline on a transparent layer; NULL
+for results made before)
 
 Revision ID: 0004
 Revises: 0003
@@ -72,6 +74,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("claim_transaction_uid", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("reported_by", sa.String(length=128), nullable=True))
         batch_op.add_column(sa.Column("reported_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("analysis_results", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("map_key", sa.String(length=80), nullable=True))
+        batch_op.add_column(sa.Column("outline_key", sa.String(length=80), nullable=True))
     if op.get_bind().dialect.name == "postgresql":
         op.execute(APPEND_ONLY_FUNCTION)
         op.execute(APPEND_ONLY_TRIGGER)
@@ -81,6 +86,9 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS audit_events_append_only ON audit_events")
         op.execute("DROP FUNCTION IF EXISTS audit_events_refuse_change()")
+    with op.batch_alter_table("analysis_results", schema=None) as batch_op:
+        batch_op.drop_column("outline_key")
+        batch_op.drop_column("map_key")
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.drop_column("reported_at")
         batch_op.drop_column("reported_by")

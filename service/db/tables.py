@@ -258,6 +258,8 @@ class AnalysisResult(Base):
     heatmap_key: Mapped[str] = mapped_column(String(80))
     overlay_key: Mapped[str] = mapped_column(String(80))
     contour_key: Mapped[str] = mapped_column(String(80))
+    map_key: Mapped[str | None] = mapped_column(String(80))  # NULL for results made before 0004
+    outline_key: Mapped[str | None] = mapped_column(String(80))
     timings_ms: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -298,6 +300,7 @@ class ResultKind(enum.StrEnum):
     sr = "sr"  # Comprehensive 3D SR, TID 1500 measurement report
     sc = "sc"  # Secondary Capture of the key slice overlay (burned-in annotation)
     pr = "pr"  # presentation state over the original key slice
+    pm = "pm"  # Parametric Map of the heatmap (Grad-CAM values over the original key slice)
 
 
 class ResultObject(Base):

@@ -1,6 +1,7 @@
 """The PNG pictures of an instance: the worker's renderings, or the original rendered now.
 
-The worker stores four PNGs per result (original, heatmap, overlay, contour). Before a
+The worker stores six PNGs per result (original, heatmap, overlay, contour, and the map and
+outline layers of a viewer). Before a
 result exists only the original can be shown; it is decoded from the stored file (DICOM
 pixels through the Modality and VOI LUTs, PS3.3 C.11) and encoded here.
 """
@@ -49,7 +50,10 @@ def instance_png(db: Session, store: BlobStore, sop_uid: str, kind: ImageKind, *
         .limit(1)
     )
     if result is not None:
-        return _blob(store, _result_key(result, kind), instance.id)
+        key = _result_key(result, kind)
+        if key is None:
+            raise ResultNotReady(f"results made before this version have no {kind.value} image")
+        return _blob(store, key, instance.id)
     if kind is ImageKind.original:
         return render_png(_blob(store, instance.blob_key, instance.id), max_pixels=max_pixels)
     raise ResultNotReady(f"the {kind.value} image exists once the instance is analysed")
@@ -63,12 +67,14 @@ def _blob(store: BlobStore, key: str, instance_id: uuid.UUID) -> bytes:
         raise ImageMissing("the stored file of this image is missing") from None
 
 
-def _result_key(result: AnalysisResult, kind: ImageKind) -> str:
+def _result_key(result: AnalysisResult, kind: ImageKind) -> str | None:
     keys = {
         ImageKind.original: result.original_key,
         ImageKind.heatmap: result.heatmap_key,
         ImageKind.overlay: result.overlay_key,
         ImageKind.contour: result.contour_key,
+        ImageKind.map: result.map_key,
+        ImageKind.outline: result.outline_key,
     }
     return keys[kind]
 

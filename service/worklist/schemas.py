@@ -15,12 +15,19 @@ DISCLAIMER = "Research use only. Not a medical device."
 
 
 class ImageKind(enum.StrEnum):
-    """The four pictures of an analysed instance (the original is also rendered before analysis)."""
+    """The pictures of an analysed instance (the original is also rendered before analysis).
+
+    ``map`` is the Grad-CAM map as 8-bit grey levels (0 = none, 255 = the map's maximum) and
+    ``outline`` the focal region's outline and box on a transparent layer, for a viewer
+    that colours, fades and toggles them over the original itself.
+    """
 
     original = "original"
     heatmap = "heatmap"
     overlay = "overlay"
     contour = "contour"
+    map = "map"
+    outline = "outline"
 
 
 class WorklistQuery(BaseModel):
@@ -104,6 +111,8 @@ class ImageUrls(BaseModel):
     heatmap: str
     overlay: str
     contour: str
+    map: str
+    outline: str
 
 
 class RegionView(BaseModel):

@@ -81,12 +81,20 @@ def test_dicom_with_lesion_is_analysed_and_stored(settings, classifier, make_job
     np.testing.assert_array_equal(original, decode_dicom(read_dicom(dicom)).pixels)
     for key in (result.heatmap_key, result.overlay_key, result.contour_key):
         assert decode_png(settings, key).shape == (200, 200, 3)
+    levels = decode_png(settings, result.map_key)  # the viewer's map layer: grey, 255 at the map's maximum
+    assert levels.shape == (200, 200) and levels.max() == 255
+    layer = cv2.imdecode(np.frombuffer(BlobStore(settings.storage_dir).get(result.outline_key), np.uint8), -1)
+    assert layer.shape == (200, 200, 4)
+    drawn = np.any(decode_png(settings, result.contour_key) != decode_png(settings, result.original_key)[..., None], 2)
+    np.testing.assert_array_equal(layer[..., 3] > 0, drawn)  # the layer holds exactly what the contour PNG draws
     if result.region_reason is None:  # a focal region: outlined, boxed, inside the image
         assert result.bbox_x is not None and result.bbox_width is not None
         assert 0 <= result.bbox_x < result.bbox_x + result.bbox_width <= 200
+        assert drawn.any()
     else:  # "no focal region": nothing drawn, and the reason says why
         assert result.bbox_x is None and result.region_area_mm2 is None
         np.testing.assert_array_equal(decode_png(settings, result.contour_key)[..., 0], original)
+        assert not layer[..., 3].any()
 
     with unit_of_work(settings) as db:
         job = db.get_one(AnalysisJob, stored.job_id)

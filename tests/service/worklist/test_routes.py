@@ -271,7 +271,8 @@ def test_study_detail(client: TestClient, reader: dict[str, str], settings: Sett
     assert result["bbox"] == {"x": 3, "y": 4, "width": 20, "height": 10}
     assert result["cam_method"] == "gradcam" and result["timings_ms"] == {"inference": 12.5}
     assert result["images"] == {
-        k: f"/api/v1/instances/{uid}.1.1/{k}.png" for k in ("original", "heatmap", "overlay", "contour")
+        k: f"/api/v1/instances/{uid}.1.1/{k}.png"
+        for k in ("original", "heatmap", "overlay", "contour", "map", "outline")
     }
     missing = client.get("/api/v1/studies/1.2.3.4.5.6.7", headers=reader)
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "study_not_found")
@@ -303,6 +304,8 @@ def test_images_before_and_after_the_result(
     for kind, data in pngs.items():
         response = client.get(f"{base}/{kind}.png", headers=reader)
         assert response.status_code == 200 and response.content == data
+    legacy = client.get(f"{base}/map.png", headers=reader)  # a result made before the viewer layers
+    assert (legacy.status_code, legacy.json()["error"]["code"]) == (404, "result_not_ready")
     unknown = client.get("/api/v1/instances/1.2.3.999/overlay.png", headers=reader)
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "instance_not_found")
 
