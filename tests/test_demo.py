@@ -92,7 +92,7 @@ def test_demo_serves_analysed_synthetic_studies(demo: Demo) -> None:
     assert overlay.status_code == 200 and overlay.content[:8] == b"\x89PNG\r\n\x1a\n"
     uid = demo.items[0]["study_instance_uid"]
     results = httpx.get(f"{demo.base_url}/api/v1/studies/{uid}/results", headers=bearer(demo.reader_token)).json()
-    assert sorted(o["kind"] for o in results["objects"]) == ["pr", "sc", "sr"]
+    assert sorted(o["kind"] for o in results["objects"]) == ["pm", "pr", "sc", "sr"]
     assert results["turnaround_seconds"] is not None  # no destination in the demo: stored here is delivered
 
 

@@ -27,6 +27,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     KeyObjectSelectionDocumentStorage,
     MRImageStorage,
+    ParametricMapStorage,
     PseudoColorSoftcopyPresentationStateStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
@@ -37,6 +38,7 @@ from pydicom.uid import (
 VERIFICATION = "1.2.840.10008.1.1"  # PS3.4 A.4, Verification SOP Class (C-ECHO)
 STORAGE_SOP_CLASSES: tuple[str, ...] = (
     MRImageStorage,
+    ParametricMapStorage,
     EnhancedMRImageStorage,
     CTImageStorage,
     UltrasoundImageStorage,
@@ -49,6 +51,7 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     KeyObjectSelectionDocumentStorage,
     GrayscaleSoftcopyPresentationStateStorage,
     PseudoColorSoftcopyPresentationStateStorage,
+    ParametricMapStorage,  # what Sightline itself sends back: a PACS may forward it again
 )
 
 # Uncompressed first: an SCP that is offered several picks the first it supports.

@@ -3,7 +3,9 @@
 When a study settles as ``analysed`` (``worker.series.settle_study``) it is marked due
 (``studies.results_due_at``). ``publish_due`` then builds, per due study and in one
 transaction under the study lock: a TID 1500 SR, a Secondary Capture of the key slice
-overlay and a presentation state over the original key slice. They form a new
+overlay, a presentation state over the original key slice and a Parametric Map of its
+Grad-CAM (made from the stored raw map exactly as the worker made the overlay's heatmap;
+results from before per-frame maps were stored get no map). They form a new
 *generation* (a late instance that re-opens a series leads to another); each object gets a
 delivery record per configured destination, and deliveries of older generations that were
 still pending are superseded. Studies whose key image is not DICOM (PNG/JPEG uploads)
@@ -27,6 +29,9 @@ from pydicom import Dataset
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from models.analysis import cam_at_image
+from models.errors import InvalidManifest, UnknownModel
+from models.registry import get_manifest
 from service.db.series_state import lock_study
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import (
@@ -36,11 +41,13 @@ from service.db.tables import (
     Instance,
     ResultKind,
     ResultObject,
+    SliceScore,
     Study,
     StudyStatus,
     utcnow,
 )
 from service.results.findings import StudyFindings
+from service.results.pm import build_parametric_map
 from service.results.pr import build_presentation_state
 from service.results.sc import build_secondary_capture
 from service.results.sr import build_sr
@@ -53,17 +60,22 @@ logger = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 50
 # Series numbers of the result series, far from what scanners use.
-SERIES_NUMBERS = {ResultKind.sr: 9901, ResultKind.sc: 9902, ResultKind.pr: 9903}
+SERIES_NUMBERS = {ResultKind.sr: 9901, ResultKind.sc: 9902, ResultKind.pr: 9903, ResultKind.pm: 9904}
 
 
 @dataclass(frozen=True)
 class KeyImage:
-    """What the objects are made from: the key instance's original and its result."""
+    """What the objects are made from: the key instance's original and its result.
+
+    ``cam`` is the key frame's map at the original geometry, 0..1 as in the overlay; None
+    when it cannot be remade (no stored raw map, or its model is no longer registered).
+    """
 
     instance: Instance
     result: AnalysisResult
     source: Dataset
     overlay_rgb: np.ndarray
+    cam: np.ndarray | None = None
 
 
 def mark_due(study: Study, now: datetime) -> None:
@@ -142,7 +154,31 @@ def _key_image(db: Session, settings: Settings, study: Study) -> KeyImage | None
     overlay = cv2.imdecode(np.frombuffer(store.get(result.overlay_key), np.uint8), cv2.IMREAD_COLOR)
     if overlay is None:
         raise ValueError("the stored overlay is not a readable PNG")
-    return KeyImage(instance, result, source, cv2.cvtColor(overlay, cv2.COLOR_BGR2RGB))
+    cam = _key_cam(db, settings, result, (int(source.Rows), int(source.Columns)))
+    return KeyImage(instance, result, source, cv2.cvtColor(overlay, cv2.COLOR_BGR2RGB), cam)
+
+
+def _key_cam(db: Session, settings: Settings, result: AnalysisResult, shape: tuple[int, int]) -> np.ndarray | None:
+    """The key frame's stored raw map, resized and normalised as ``worker.pipeline.render_images`` does."""
+    row = db.scalars(
+        select(SliceScore)
+        .where(
+            SliceScore.result_id == result.id,
+            SliceScore.instance_id == result.instance_id,
+            SliceScore.frame_index == result.key_frame,
+        )
+        .limit(1)
+    ).first()
+    if row is None:
+        return None  # analysed before raw maps were stored per frame
+    try:
+        manifest = get_manifest(result.model_name, [settings.model_manifest_dir] if settings.model_manifest_dir else [])
+    except (UnknownModel, InvalidManifest):
+        return None  # the model's centre crop (where its map lies) is no longer known
+    raw = np.frombuffer(row.cam, dtype=np.float32).reshape(row.cam_rows, row.cam_columns)
+    cam = cam_at_image(raw, shape, manifest.center_crop)
+    strength = float(cam.max())
+    return cam / strength if strength > 0 else np.zeros_like(cam)
 
 
 def findings_of(study: Study, result: AnalysisResult) -> StudyFindings:
@@ -175,14 +211,30 @@ def _build(key: KeyImage, findings: StudyFindings, settings: Settings) -> dict[R
     built = {}
     for kind, make in _BUILDERS.items():
         uids = {"series_uid": new_uid(root), "instance_uid": new_uid(root), "series_number": SERIES_NUMBERS[kind]}
-        built[kind] = make(key, findings, uids)
+        dataset = make(key, findings, {**uids, "uid_root": root})
+        if dataset is not None:
+            built[kind] = dataset
     return built
 
 
-_BUILDERS: dict[ResultKind, Callable[[KeyImage, StudyFindings, dict[str, Any]], Dataset]] = {
+def _parametric_map(key: KeyImage, findings: StudyFindings, uids: dict[str, Any]) -> Dataset | None:
+    """The heatmap's PM, or None: without a stored map, or a key frame geometry highdicom refuses,
+    the study still gets its other objects."""
+    if key.cam is None:
+        logger.info("no stored map of the key frame: no parametric map", extra={"result_id": str(key.result.id)})
+        return None
+    try:
+        return build_parametric_map(key.source, key.cam, findings, **uids)
+    except (ValueError, AttributeError) as exc:  # what highdicom raises on a header it cannot map
+        logger.warning("parametric map not built", extra={"result_id": str(key.result.id), "error": str(exc)})
+        return None
+
+
+_BUILDERS: dict[ResultKind, Callable[[KeyImage, StudyFindings, dict[str, Any]], Dataset | None]] = {
     ResultKind.sr: lambda key, findings, uids: build_sr(key.source, findings, **uids),
     ResultKind.sc: lambda key, findings, uids: build_secondary_capture(key.source, key.overlay_rgb, findings, **uids),
     ResultKind.pr: lambda key, findings, uids: build_presentation_state(key.source, findings, **uids),
+    ResultKind.pm: _parametric_map,
 }
 
 

@@ -72,6 +72,9 @@ def send_dimse(destination: Destination, objects: list[Outgoing], *, calling_ae:
 
 
 def _store_one(assoc: Association, item: Outgoing) -> Outcome:
+    accepted = {context.abstract_syntax for context in assoc.accepted_contexts}
+    if item.sop_class_uid not in accepted:  # refused at negotiation: this peer never stores the class
+        return Outcome(False, False, "no context", "the destination does not accept this SOP class")
     dataset = pydicom.dcmread(BytesIO(item.data))
     status = assoc.send_c_store(dataset)
     if "Status" not in status:

