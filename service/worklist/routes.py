@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from service.active_model import active_manifest
+from service.db.audit import record_event
 from service.deps import Admin, AppSettings, DbSession, Reader, Store
 from service.errors import (
     BadRequest,
@@ -37,17 +40,36 @@ router = APIRouter(tags=["worklist"])
     "/worklist",
     response_model=WorklistPage,
     summary="Triaged worklist: clinical priority, then AI suspicion, then age",
-    responses=error_responses(BadRequest, Unauthenticated, Forbidden, UnprocessableInput),
+    responses={
+        304: {"description": "Not Modified: the page still has the ETag sent in If-None-Match"},
+        **error_responses(BadRequest, Unauthenticated, Forbidden, UnprocessableInput),
+    },
 )
-def list_worklist(db: DbSession, _: Reader, query: Annotated[WorklistQuery, Query()]) -> WorklistPage:
+def list_worklist(db: DbSession, _: Reader, request: Request, query: Annotated[WorklistQuery, Query()]) -> Response:
     """One row per study, ordered by clinical priority, then AI suspicion, then age.
 
     Order: ``clinical_priority`` descending, ``triage_score`` descending (unscored last),
     ``received_at`` ascending (the oldest first within equal scores), then the study id.
     Keyset-paged: pass ``next_cursor`` back as ``cursor``. Studies that arrive meanwhile
     never make a page repeat or skip a study whose score did not change between pages.
+
+    The answer carries an ``ETag`` (a hash of the body); send it back in ``If-None-Match``
+    to get ``304 Not Modified`` with no body while the page is unchanged.
     """
-    return worklist_service.page(db, query)
+    body = worklist_service.page(db, query).model_dump_json().encode()
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 §13.1.2: weak comparison against a list of tags, or ``*``."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 @router.get(
@@ -56,14 +78,19 @@ def list_worklist(db: DbSession, _: Reader, query: Annotated[WorklistQuery, Quer
     summary="A study with its series, instances, jobs and latest results",
     responses=error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
 )
-def get_study(db: DbSession, _: Reader, request: Request, study_uid: str) -> StudyDetail:
-    """Image URLs are paths on this server, never built from the request's Host header."""
+def get_study(db: DbSession, settings: AppSettings, reader: Reader, request: Request, study_uid: str) -> StudyDetail:
+    """Image URLs are paths on this server, never built from the request's Host header.
+    Every view is recorded in the audit trail (action ``view``)."""
 
     def image_url(sop_uid: str, kind: ImageKind) -> str:
         return request.url_for("instance_image", sop_uid=sop_uid, kind=kind.value).path
 
     results_url = request.url_for("study_results", study_uid=study_uid).path
-    return worklist_service.study_detail(db, study_uid, image_url, results_url)
+    labels = active_manifest(settings).labels
+    detail = worklist_service.study_detail(db, study_uid, image_url, results_url, labels)
+    client = request.client.host if request.client else None
+    record_event(db, actor=reader.token_name, role=reader.role.value, action="view", study_uid=study_uid, client=client)
+    return detail
 
 
 @router.get(

@@ -44,6 +44,8 @@ class WorklistQuery(BaseModel):
     patient_id: str | None = Field(None, max_length=64)
     received_after: datetime | None = Field(None, description="Received at or after (inclusive)")
     received_before: datetime | None = Field(None, description="Received before (exclusive)")
+    claimed: bool | None = Field(None, description="true: claimed by any reader; false: unclaimed")
+    reported: bool | None = Field(None, description="true: reported; false: not yet reported")
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=512, description="next_cursor of the previous page")
 
@@ -82,6 +84,9 @@ class StudySummary(BaseModel):
 
 class WorklistRow(StudySummary):
     instance_count: int
+    series_count: int
+    claimed_by: str | None = Field(description="Token name of the reader holding the study")
+    reported_at: datetime | None
 
 
 class WorklistPage(BaseModel):
@@ -201,8 +206,34 @@ class SeriesSlices(BaseModel):
     slices: list[SliceView]
 
 
+class FeedbackView(BaseModel):
+    """A reader's verdict on the model's label (service.workflow)."""
+
+    model_config = {"from_attributes": True}
+
+    reader: str
+    agrees: bool
+    reader_label: str = Field(description="The label the reader says is right")
+    model_label: str | None = Field(description="The study's predicted label when the feedback was given")
+    model_name: str | None
+    model_version: str | None
+    comment: str | None
+    created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, moment: datetime) -> datetime:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 class StudyDetail(StudySummary):
     study_time: str | None
+    claimed_by: str | None = Field(description="Token name of the reader holding the study")
+    claimed_at: datetime | None
+    reported_by: str | None
+    reported_at: datetime | None
+    feedback: list[FeedbackView] = Field(description="Readers' verdicts, oldest first")
+    labels: list[str] = Field(description="The active model's labels (the choices for feedback)")
     series: list[SeriesView]
     results_generation: int = Field(description="Generations of result objects (SR, SC, PR) made; 0: none yet")
     results_delivered_at: datetime | None = Field(description="When the current objects reached every destination")

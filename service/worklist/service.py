@@ -26,10 +26,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from service.db.tables import AnalysisJob, AnalysisResult, Instance, Series, Study, as_utc
+from service.db.tables import AnalysisJob, AnalysisResult, Feedback, Instance, Series, Study, as_utc
 from service.errors import BadRequest, NotFound
 from service.worklist.schemas import (
     BoundingBox,
+    FeedbackView,
     ImageKind,
     ImageUrls,
     InstanceView,
@@ -82,8 +83,10 @@ def _worklist_select() -> Select[Any]:
     instance_count = (
         select(func.count(Instance.id)).where(Instance.study_id == Study.id).correlate(Study).scalar_subquery()
     )
+    series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
+    counts = (instance_count.label("instance_count"), series_count.label("series_count"))
     return (
-        select(Study, key_instance.sop_instance_uid.label("key_sop"), instance_count.label("instance_count"))
+        select(Study, key_instance.sop_instance_uid.label("key_sop"), *counts)
         .outerjoin(key_instance, key_instance.id == Study.key_instance_id)
         .order_by(Study.clinical_priority.desc(), sort_score.desc(), Study.received_at.asc(), Study.id.asc())
     )
@@ -110,6 +113,10 @@ def _filters(query: WorklistQuery) -> list[ColumnElement[bool]]:
         conditions.append(Study.received_at >= query.received_after)
     if query.received_before is not None:
         conditions.append(Study.received_at < query.received_before)
+    if query.claimed is not None:
+        conditions.append(Study.claimed_by.is_not(None) if query.claimed else Study.claimed_by.is_(None))
+    if query.reported is not None:
+        conditions.append(Study.reported_at.is_not(None) if query.reported else Study.reported_at.is_(None))
     return conditions
 
 
@@ -185,11 +192,22 @@ def summary_fields(study: Study, key_sop: str | None) -> dict[str, Any]:
 
 
 def _row(row: Any) -> WorklistRow:
-    return WorklistRow(**summary_fields(row.Study, row.key_sop), instance_count=row.instance_count)
+    study = row.Study
+    return WorklistRow(
+        **summary_fields(study, row.key_sop),
+        instance_count=row.instance_count,
+        series_count=row.series_count,
+        claimed_by=study.claimed_by,
+        reported_at=_utc(study.reported_at),
+    )
 
 
-def study_detail(db: Session, study_uid: str, image_url: ImageUrl, results_url: str) -> StudyDetail:
-    """The study with its series, instances, jobs and latest results."""
+def _utc(moment: datetime | None) -> datetime | None:
+    return as_utc(moment) if moment is not None else None
+
+
+def study_detail(db: Session, study_uid: str, image_url: ImageUrl, results_url: str, labels: list[str]) -> StudyDetail:
+    """The study with its series, instances, jobs, latest results, reading state and feedback."""
     study = db.scalar(
         select(Study)
         .where(Study.study_instance_uid == study_uid)
@@ -203,12 +221,22 @@ def study_detail(db: Session, study_uid: str, image_url: ImageUrl, results_url: 
     return StudyDetail(
         **summary_fields(study, sop_of.get(study.key_instance_id) if study.key_instance_id else None),
         study_time=study.study_time,
+        claimed_by=study.claimed_by,
+        claimed_at=_utc(study.claimed_at),
+        reported_by=study.reported_by,
+        reported_at=_utc(study.reported_at),
+        feedback=[FeedbackView.model_validate(row) for row in _feedback(db, study)],
+        labels=labels,
         series=[_series_view(series, image_url, sop_of) for series in study.series],
         results_generation=study.results_generation,
         results_delivered_at=as_utc(study.results_delivered_at) if study.results_delivered_at else None,
         turnaround_seconds=study.turnaround_seconds,
         results_url=results_url,
     )
+
+
+def _feedback(db: Session, study: Study) -> list[Feedback]:
+    return list(db.scalars(select(Feedback).where(Feedback.study_id == study.id).order_by(Feedback.created_at)))
 
 
 def _series_view(series: Series, image_url: ImageUrl, sop_of: dict[uuid.UUID, str]) -> SeriesView:

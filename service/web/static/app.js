@@ -1,9 +1,13 @@
-// Sightline pages. Data comes from the API with the reader's bearer token; every value is
-// written with textContent (never innerHTML), so nothing a PACS sends can run as script.
+// Sightline pages: the shared part every page loads first (header, sign-in/out, API calls,
+// formatting). Data comes from the API with the bearer token kept in sessionStorage; every
+// value is written with textContent (never innerHTML), so nothing a PACS sends can run as
+// script. No inline script or style anywhere: the Content Security Policy forbids them.
 "use strict";
-const Sightline = (() => {
-  const PRIORITY = ["routine", "urgent", "stat"];
-  const token = () => sessionStorage.getItem("sightline.token");
+window.Sightline = (() => {
+  const TOKEN_KEY = "sightline.token";
+  const PRIORITY = ["routine", "urgent", "stat"]; // service/ingest ClinicalPriority.rank: 0, 1, 2
+  const token = () => sessionStorage.getItem(TOKEN_KEY);
+  let onSignedIn = null;
 
   function el(tag, text, cls) {
     const node = document.createElement(tag);
@@ -12,28 +16,100 @@ const Sightline = (() => {
     return node;
   }
 
-  function requireLogin(onReady) {
-    const form = document.getElementById("login");
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      sessionStorage.setItem("sightline.token", document.getElementById("token").value.trim());
-      form.style.display = "none";
-      onReady();
-    });
-    if (token()) onReady(); else form.style.display = "flex";
+  // The header's sign-in form and sign-out button; made here when a page's markup lacks them.
+  function headerControls() {
+    let header = document.querySelector("header");
+    if (!header) {
+      header = el("header");
+      document.body.prepend(header);
+    }
+    let form = document.getElementById("login");
+    if (!form) {
+      form = el("form");
+      form.id = "login";
+      const input = el("input");
+      Object.assign(input, { id: "token", type: "password", placeholder: "token", autocomplete: "off" });
+      input.setAttribute("aria-label", "token");
+      form.append(input, el("button", "Sign in"));
+      header.append(form);
+    }
+    let signOutButton = document.getElementById("signout");
+    if (!signOutButton) {
+      signOutButton = el("button", "Sign out");
+      Object.assign(signOutButton, { id: "signout", type: "button" });
+      header.append(signOutButton);
+    }
+    return { form, signOutButton };
   }
 
-  async function api(path) {
-    const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+  function showSignedIn(signedIn, message) {
+    const { form, signOutButton } = headerControls();
+    form.hidden = signedIn;
+    signOutButton.hidden = !signedIn;
+    const notice = document.getElementById("login-message");
+    if (notice) notice.textContent = message || "";
+    if (!signedIn) document.getElementById("token").focus();
+    // The form is hidden now: do not leave focus on its button, where a dialog closing later
+    // would hand it back to a hidden element and keyboard shortcuts would land nowhere.
+    else if (form.contains(document.activeElement)) document.activeElement.blur();
+  }
+
+  /** Runs onReady once a token is there: now, or after the sign-in form is sent. */
+  function requireLogin(onReady) {
+    onSignedIn = onReady;
+    if (token()) {
+      showSignedIn(true);
+      onReady();
+    } else {
+      showSignedIn(false);
+    }
+  }
+
+  /** Forget the token and go back to the sign-in form; reloading drops every shown value. */
+  function signOut() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    location.reload();
+  }
+
+  function installHeader() {
+    const { form, signOutButton } = headerControls();
+    if (!onSignedIn) { // a page without requireLogin (the docs): offer sign-out only
+      form.hidden = true;
+      signOutButton.hidden = !token();
+    }
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = document.getElementById("token");
+      const value = input.value.trim();
+      if (!value) return;
+      sessionStorage.setItem(TOKEN_KEY, value);
+      input.value = "";
+      showSignedIn(true);
+      if (onSignedIn) onSignedIn();
+    });
+    signOutButton.addEventListener("click", signOut);
+  }
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(code ? `${code}: ${message}` : message);
+      Object.assign(this, { status, code });
+    }
+  }
+
+  /** fetch with the bearer token; throws ApiError unless 2xx or 304; a 401 shows the sign-in form. */
+  async function api(path, options = {}) {
+    const headers = new Headers(options.headers || {});
+    if (token()) headers.set("Authorization", `Bearer ${token()}`);
+    const response = await fetch(path, { ...options, headers });
+    if (response.ok || response.status === 304) return response;
+    const body = await response.json().catch(() => ({}));
+    const error = body.error || {};
     if (response.status === 401) {
-      sessionStorage.removeItem("sightline.token");
-      document.getElementById("login").style.display = "flex";
+      sessionStorage.removeItem(TOKEN_KEY);
+      showSignedIn(false, "Your token was not accepted: sign in again.");
     }
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : response.statusText);
-    }
-    return response;
+    throw new ApiError(response.status, error.code, error.message || response.statusText);
   }
 
   async function imageUrl(path) {
@@ -42,153 +118,31 @@ const Sightline = (() => {
   }
 
   const fmtScore = (s) => (s === null || s === undefined ? "—" : s.toFixed(3));
+  const fmtPriority = (rank) => PRIORITY[rank] ?? (rank === null || rank === undefined ? "—" : `priority ${rank}`);
 
-  function worklistRow(study) {
-    const tr = el("tr", undefined, "row");
-    tr.dataset.uid = study.study_instance_uid;
-    const score = el("td", fmtScore(study.triage_score), "score");
-    if (study.triage_score >= 0.5) score.classList.add("hi");
-    tr.append(el("td", PRIORITY[study.clinical_priority] || study.clinical_priority), score,
-      el("td", study.predicted_label || "—"), el("td", study.status), el("td", study.patient_id),
-      el("td", study.accession_number), el("td", study.study_date),
-      el("td", (study.synthetic ? "[SYNTHETIC] " : "") + (study.description || "")),
-      el("td", new Date(study.received_at).toLocaleString()));
-    tr.addEventListener("click", () => {
-      location.href = `/studies/${encodeURIComponent(study.study_instance_uid)}`;
-    });
-    return tr;
+  /** A DICOM person name (PS3.5 6.2: family^given^middle^prefix^suffix) as "Family, Given Middle". */
+  function fmtPersonName(name) {
+    if (!name) return null;
+    const [family = "", given = "", middle = "", prefix = "", suffix = ""] = name.split("=")[0].split("^");
+    const first = [prefix, given, middle].filter(Boolean).join(" ");
+    return [family, first].filter(Boolean).join(", ") + (suffix ? ` ${suffix}` : "");
   }
 
-  function worklistPage() {
-    let cursor = null;
-    const rows = document.getElementById("rows");
-    const more = document.getElementById("more");
-    const message = document.getElementById("message");
-    async function load(reset) {
-      if (reset) { cursor = null; rows.replaceChildren(); }
-      const params = new URLSearchParams({ limit: "50" });
-      const status = document.getElementById("status").value;
-      if (status) params.set("status", status);
-      if (cursor) params.set("cursor", cursor);
-      try {
-        const page = await (await api(`/api/v1/worklist?${params}`)).json();
-        page.items.forEach((study) => rows.append(worklistRow(study)));
-        cursor = page.next_cursor;
-        more.hidden = !cursor;
-        message.textContent = rows.children.length ? "" : "No studies.";
-      } catch (error) { message.textContent = error.message; }
-    }
-    document.getElementById("refresh").addEventListener("click", () => load(true));
-    document.getElementById("status").addEventListener("change", () => load(true));
-    more.addEventListener("click", () => load(false));
-    requireLogin(() => load(true));
+  /** "just now", "12 min", "3 h 5 min", "2 d 4 h": how long since an ISO time. */
+  function fmtWaiting(iso, now = Date.now()) {
+    const minutes = Math.max(0, Math.floor((now - new Date(iso).getTime()) / 60000));
+    if (minutes < 1) return "just now";
+    if (minutes < 60) return `${minutes} min`;
+    const hours = Math.floor(minutes / 60);
+    if (hours < 48) return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
+    return `${Math.floor(hours / 24)} d ${hours % 24} h`;
   }
 
-  function probabilitiesTable(probabilities) {
-    const table = el("table");
-    Object.entries(probabilities).sort((a, b) => b[1] - a[1]).forEach(([label, p]) => {
-      const tr = el("tr");
-      tr.append(el("td", label), el("td", p.toFixed(3), "score"));
-      table.append(tr);
-    });
-    return table;
-  }
+  // Pages load this script at the end of <body>, so the header is there already.
+  if (document.body) installHeader();
+  else document.addEventListener("DOMContentLoaded", installHeader);
 
-  function instanceList(instances) {
-    const table = el("table");
-    for (const instance of instances) {
-      const tr = el("tr");
-      const state = instance.not_applicable_reason ? `not applicable: ${instance.not_applicable_reason}`
-        : instance.result ? `${instance.result.label} · tumour probability ${fmtScore(instance.result.tumour_score)}`
-          : `analysis ${instance.job ? instance.job.status : "not queued"}` +
-            (instance.job && instance.job.error_code ? ` (${instance.job.error_code})` : "");
-      tr.append(el("td", `Instance ${instance.instance_number ?? ""}`), el("td", state));
-      table.append(tr);
-    }
-    return table;
-  }
-
-  async function instanceView(instance) {
-    const box = el("section");
-    box.append(el("h3", `Instance ${instance.instance_number ?? ""} · ${instance.sop_instance_uid}`));
-    const result = instance.result;
-    if (!result) {
-      box.append(el("p", `Analysis ${instance.job ? instance.job.status : "not queued"}` +
-        (instance.job && instance.job.error_code ? ` (${instance.job.error_code})` : ""), "muted"));
-      return box;
-    }
-    const base = `/api/v1/instances/${encodeURIComponent(instance.sop_instance_uid)}`;
-    const viewer = el("div", undefined, "viewer");
-    const stack = el("div", undefined, "stack");
-    const original = el("img");
-    original.alt = "original image";
-    const heat = el("img", undefined, "layer");
-    heat.alt = "Grad-CAM heatmap";
-    const outline = el("img", undefined, "layer");
-    outline.alt = "contour";
-    outline.hidden = true;
-    stack.append(original, heat, outline);
-    [original.src, heat.src, outline.src] = await Promise.all(
-      ["original.png", "heatmap.png", "contour.png"].map((name) => imageUrl(`${base}/${name}`)));
-    heat.style.opacity = "0.4";
-    const panel = el("div", undefined, "panel");
-    const slider = el("input");
-    Object.assign(slider, { type: "range", min: "0", max: "100", value: "40", id: "opacity" });
-    slider.setAttribute("aria-label", "heatmap opacity");
-    slider.addEventListener("input", () => { heat.style.opacity = String(slider.value / 100); });
-    const contourToggle = el("input");
-    Object.assign(contourToggle, { type: "checkbox", id: "contour" });
-    contourToggle.addEventListener("change", () => {
-      outline.hidden = !contourToggle.checked;
-      heat.hidden = contourToggle.checked;
-    });
-    const sliderLabel = el("label", "Heatmap opacity ");
-    sliderLabel.append(slider);
-    const toggleLabel = el("label", " Contour and box ");
-    toggleLabel.append(contourToggle);
-    const region = result.region.focal
-      ? `Focal region ${result.region.box_width_mm != null ? `${result.region.box_width_mm.toFixed(0)} × ` +
-          `${result.region.box_height_mm.toFixed(0)} mm` : `${result.region.bbox.width} × ${result.region.bbox.height} px`}`
-      : `No focal region: ${result.region.reason}`;
-    panel.append(el("p", `Key slice: frame ${result.key_frame} · ${result.label} · ` +
-        `tumour probability ${fmtScore(result.tumour_score)}`),
-      probabilitiesTable(result.probabilities),
-      el("p", `Map: where ${result.target_label} would be (${result.cam_method}, strength ` +
-        `${result.cam_strength != null ? result.cam_strength.toPrecision(3) : "—"}). ${region}`),
-      el("p", `Model ${result.model_name} ${result.model_version} (sha256 ${result.model_sha256.slice(0, 12)}…), ` +
-        `${result.cam_method}`, "muted"), sliderLabel, toggleLabel);
-    viewer.append(stack, panel);
-    box.append(viewer);
-    return box;
-  }
-
-  function resultsLine(study) {
-    if (!study.results_generation) return "Results as DICOM: not made yet";
-    const delivered = study.turnaround_seconds == null ? "delivery pending"
-      : `turnaround ${study.turnaround_seconds.toFixed(1)} s (last instance received → results stored at every destination)`;
-    return `Results as DICOM (SR, Secondary Capture, presentation state), generation ${study.results_generation}: ${delivered}`;
-  }
-
-  function studyPage() {
-    const uid = decodeURIComponent(location.pathname.split("/").pop());
-    requireLogin(async () => {
-      const summary = document.getElementById("summary");
-      try {
-        const study = await (await api(`/api/v1/studies/${encodeURIComponent(uid)}`)).json();
-        summary.textContent = `${study.synthetic ? "[SYNTHETIC] " : ""}${study.description || ""} · ` +
-          `patient ${study.patient_id || "—"} · ${study.status} · triage score ${fmtScore(study.triage_score)}`;
-        summary.append(el("div", resultsLine(study)));
-        const container = document.getElementById("instances");
-        for (const series of study.series) {
-          const state = series.complete ? `series score ${fmtScore(series.series_score)}` : "series not complete";
-          container.append(el("h2", `Series ${series.series_number ?? ""} ${series.description || ""} · ${state}`));
-          const key = series.instances.find((i) => i.sop_instance_uid === study.key_instance_sop_uid);
-          if (key) container.append(await instanceView(key));
-          container.append(instanceList(series.instances));
-        }
-      } catch (error) { summary.textContent = error.message; }
-    });
-  }
-
-  return { worklistPage, studyPage };
+  return {
+    api, ApiError, requireLogin, signOut, el, imageUrl, token, fmtScore, fmtPriority, fmtWaiting, fmtPersonName,
+  };
 })();

@@ -1,0 +1,1 @@
+"""Reading workflow: claims, reports, feedback, the audit trail, statistics and UPS-RS."""
