@@ -1,23 +1,39 @@
 # Sightline. `make demo` and `make test` work on a fresh machine with Python 3.11:
-# each creates the virtualenv it needs in .venv.
+# each creates the virtualenv it needs in .venv, from the hashed lock files (`make lock` regenerates them).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
+# torch is locked to its CPU build (torch==2.13.0+cpu). These machines carry that wheel in /opt/wheels;
+# elsewhere, let pip find it on PyTorch's CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+UV_COMPILE  = $(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11 --generate-hashes \
+              --custom-compile-command "make lock"
 
-.PHONY: demo test lint bench serve worker clean
+.PHONY: demo test lint bench serve worker clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.runtime: $(BIN)/python pyproject.toml
-	$(PIP) install --quiet -e .
+# The locks pin every package with its hashes; the project itself goes in editable, without dependencies.
+$(VENV)/.runtime: $(BIN)/python requirements.lock pyproject.toml
+	$(PIP) install --quiet --require-hashes -r requirements.lock
+	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.runtime
-	$(PIP) install --quiet -e '.[test]'
+$(VENV)/.test: $(VENV)/.runtime requirements-test.lock
+	$(PIP) install --quiet --require-hashes $(FIND_LINKS) -r requirements-test.lock
 	touch $@
+
+# Regenerate both locks after changing pyproject.toml's dependencies (needs network: PyPI, and the torch CPU
+# wheel above). The test lock is constrained by the runtime lock, so both venvs agree on shared packages.
+$(BIN)/uv: $(BIN)/python
+	$(PIP) install --quiet uv
+
+lock: $(BIN)/uv
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --extra test -c requirements.lock $(FIND_LINKS) -o requirements-test.lock
 
 demo: $(VENV)/.runtime  ## the whole system on http://127.0.0.1:8000 with synthetic samples
 	$(BIN)/sightline demo

@@ -8,6 +8,7 @@ from sqlalchemy import engine_from_config, pool
 from service.db.tables import Base
 from service.settings import get_settings
 
+MIGRATION_LOCK_KEY = 0x5167_4C69  # any constant shared by every migrator of this database
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
 config.set_main_option("sqlalchemy.url", url)
@@ -28,6 +29,10 @@ def run_online() -> None:
             render_as_batch=url.startswith("sqlite"),  # SQLite needs batch mode for ALTERs
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Two API pods starting at once both run `sightline migrate` (an init container):
+                # the second waits here, then finds the schema already at head.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             context.run_migrations()
 
 

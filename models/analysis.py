@@ -20,7 +20,7 @@ from models.decoded_image import DecodedImage, Window
 from models.dicom_pixels import decode_dicom
 from models.dicom_read import read_dicom
 from models.inference import Classifier, Explanation
-from models.raster import decode_raster, sniff_kind
+from models.raster import DEFAULT_MAX_DECODE_BYTES, decode_raster, sniff_kind
 from models.regions import Region, find_region, head_mask
 from models.render import resize_map
 from models.slice_geometry import Spacing, frame_positions, pixel_spacing
@@ -47,20 +47,22 @@ class InstanceAnalysis:
     spacing: Spacing | None
 
 
-def analyse_object(data: bytes, classifier: Classifier, *, max_pixels: int) -> InstanceAnalysis:
-    """Score every frame of a DICOM/PNG/JPEG object and explain its key frame."""
+def analyse_object(
+    data: bytes, classifier: Classifier, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_DECODE_BYTES
+) -> InstanceAnalysis:
+    """Score every frame of a DICOM/PNG/JPEG object and explain its key frame (``max_bytes``: per frame)."""
     policy = classifier.manifest.input_policy
     if sniff_kind(data) in ("png", "jpeg"):
-        image = decode_raster(data, max_pixels=max_pixels)
+        image = decode_raster(data, max_pixels=max_pixels, max_bytes=max_bytes)
         only = _frame(classifier, image, None)
         return _finish(classifier, only, image, None, [only])
     ds = read_dicom(data)
-    first = decode_dicom(ds, max_pixels=max_pixels, index=0, input_policy=policy)
+    first = decode_dicom(ds, max_pixels=max_pixels, max_bytes=max_bytes, index=0, input_policy=policy)
     positions = frame_positions(ds, first.frame_count)
     key_image, key = first, _frame(classifier, first, positions[0])
     frames = [key]
     for index in range(1, first.frame_count):
-        image = decode_dicom(ds, max_pixels=max_pixels, index=index, input_policy=policy)
+        image = decode_dicom(ds, max_pixels=max_pixels, max_bytes=max_bytes, index=index, input_policy=policy)
         result = _frame(classifier, image, positions[index])
         frames.append(result)
         if result.explanation.tumour_score > key.explanation.tumour_score:

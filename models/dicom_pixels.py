@@ -28,6 +28,7 @@ from models.errors import (
 )
 from models.manifest import InputPolicy
 from models.model_input import grey_model_picture
+from models.raster import DEFAULT_MAX_DECODE_BYTES, check_decode_bytes
 from models.voi import scale_to_uint8
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ PALETTE = "PALETTE COLOR"
 _DECODE_ERRORS = (ValueError, AttributeError, TypeError, RuntimeError, KeyError, IndexError, EOFError, struct.error)
 # pylibjpeg-rle panics (a BaseException) on malformed segments; pydicom's own RLE decoder raises.
 _PLUGIN_FOR = {RLELossless: "pydicom"}
+# Working bytes per sample besides the decoder's output (see ``dicom_decode_bytes``).
+_GREY_WORKING_BYTES = 4 + 1  # float32 modality values + uint8 display
+_YBR_WORKING_BYTES = 8  # pydicom converts YBR to RGB through a float64 copy
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ def decode_dicom(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     index: int | None = None,
     input_policy: InputPolicy | None = None,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> DecodedImage:
     """Decode frame ``index`` of ``ds`` to display-ready uint8 pixels.
 
@@ -77,8 +82,15 @@ def decode_dicom(
     is bright.
     Colour (RGB, YBR_*) is converted to RGB by the decoder and scaled, never windowed;
     PALETTE COLOR goes through its lookup tables (C.7.6.3.1.5).
+
+    Refused before any pixel is decoded: more than ``max_pixels`` a frame
+    (DecompressionBomb), or more than ``max_bytes`` of memory to decode one frame
+    (ImageTooLarge, ``dicom_decode_bytes``).
     """
     geometry = _geometry(ds, max_pixels)
+    needed = dicom_decode_bytes(ds)
+    what = f"a {geometry.rows}x{geometry.columns}x{geometry.samples_per_pixel} frame of {geometry.bits_allocated} bits"
+    check_decode_bytes(needed, max_bytes, what)
     index = geometry.frames // 2 if index is None else index
     if not 0 <= index < geometry.frames:
         raise InconsistentPixelData(f"frame {index} is outside the {geometry.frames} frame(s) of the object")
@@ -99,6 +111,38 @@ def decode_dicom(
     return replace(
         _image(display, geometry, index, window), model_input=picture.pixels, input_window=picture.input_window
     )
+
+
+def dicom_decode_bytes(ds: Dataset) -> int:
+    """Peak bytes decoding one frame of ``ds`` takes, estimated from the Image Pixel module.
+
+    One frame is decoded at a time (native Pixel Data is already in memory as the file).
+    Per sample: the decoder's output (Bits Allocated rounded up to bytes; twice that for an
+    encapsulated syntax, whose decoder fills a buffer and then shapes a copy), plus for
+    grayscale the float32 modality values, the uint8 display and a stored-value copy (the
+    percentile window, the model input); for YBR colour pydicom's float64 conversion, and
+    the uint8 display for any colour.
+    """
+    geometry = _geometry(ds, DEFAULT_MAX_PIXELS * 2**16)  # the pixel limit is checked by the caller
+    samples = geometry.rows * geometry.columns * geometry.samples_per_pixel
+    sample_bytes = max(1, (geometry.bits_allocated + 7) // 8)
+    decoder = sample_bytes * (2 if _maybe_encapsulated(ds) else 1)
+    if geometry.photometric in MONOCHROME:
+        working = _GREY_WORKING_BYTES + sample_bytes
+    elif geometry.photometric.startswith("YBR"):
+        working = _YBR_WORKING_BYTES + 1
+    else:
+        working = 1
+    return samples * (decoder + working)
+
+
+def _maybe_encapsulated(ds: Dataset) -> bool:
+    """True unless the Transfer Syntax UID is a known native one (unknown ones are refused later)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        return not isinstance(syntax, str) or UID(syntax).is_encapsulated
+    except ValueError:  # not a transfer syntax pydicom knows
+        return True
 
 
 def _image(pixels: npt.NDArray[np.uint8], geometry: _Geometry, index: int, window: Window | None) -> DecodedImage:

@@ -65,19 +65,30 @@ def grayscale_display(
     computed twice.
     """
     sources = [*_group_items(ds, index, "FrameVOILUTSequence"), ds]
+    pixels, rescale = _windowing_input(frame, ds, index, values)
     for source in sources:
         stored = _stored_window(source)
         if stored is not None:
-            return apply_window(_values(frame, ds, index, values), stored.window, stored.function), stored.window
+            return apply_window(pixels, stored.window, stored.function, rescale), stored.window
     for source in sources:
         if source.get("VOILUTSequence"):
-            return _apply_voi_lut_sequence(_values(frame, ds, index, values), source, ds), None
+            return _apply_voi_lut_sequence(pixels, source, ds, rescale), None
     window = _percentile_window(frame, ds, index)
-    return apply_window(_values(frame, ds, index, values), window, "LINEAR"), window
+    return apply_window(pixels, window, "LINEAR", rescale), window
 
 
-def _values(frame: npt.NDArray[np.generic], ds: Dataset, index: int, given: FloatArray | None) -> FloatArray:
-    return modality_values(frame, ds, index) if given is None else given
+def _windowing_input(
+    frame: npt.NDArray[np.generic], ds: Dataset, index: int, given: FloatArray | None
+) -> tuple[npt.NDArray[np.generic], tuple[float, float] | None]:
+    """What the VOI functions read: the caller's modality values, else the stored frame with
+    its rescale applied block by block (no frame-sized float32 copy), else (a Modality LUT
+    Sequence) the modality values computed here."""
+    if given is not None:
+        return given, None
+    rescale = _rescale(_modality_source(ds, index))
+    if rescale is None:
+        return modality_values(frame, ds, index), None
+    return frame, rescale
 
 
 def modality_values(frame: npt.NDArray[np.generic], ds: Dataset, index: int) -> FloatArray:
@@ -165,7 +176,9 @@ def _group_items(ds: Dataset, index: int, keyword: str) -> list[Dataset]:
     return items
 
 
-def _apply_voi_lut_sequence(values: FloatArray, source: Dataset, ds: Dataset) -> UInt8Array:
+def _apply_voi_lut_sequence(
+    values: npt.NDArray[np.generic], source: Dataset, ds: Dataset, rescale: tuple[float, float] | None = None
+) -> UInt8Array:
     """PS3.3 C.11.2.1.1: the first VOI LUT, indexed by modality output, scaled to 0..255.
 
     Inputs below the first mapped value take the first entry, inputs past the table the
@@ -183,7 +196,7 @@ def _apply_voi_lut_sequence(values: FloatArray, source: Dataset, ds: Dataset) ->
         raise InconsistentPixelData(
             f"VOI LUT Sequence is unusable: {table.size} entries of {bits} bits for a {entries}-entry table"
         )
-    return lookup_uint8(values, scale_to_uint8(table[:entries], bits), first_mapped)
+    return lookup_uint8(values, scale_to_uint8(table[:entries], bits), first_mapped, rescale)
 
 
 def _lut_data(data: object, ds: Dataset) -> npt.NDArray[np.int64]:

@@ -54,6 +54,16 @@ class DecompressionBomb(ImageDecodeError):
     code = "decompression_bomb"
 
 
+class ImageTooLarge(DecompressionBomb):
+    """Decoding would need more memory than the decode byte budget (callers answer 413).
+
+    Estimated from the headers before anything is decoded: pixels x samples x the bytes the
+    decoder's output and the float32/uint8 working copies take per sample.
+    """
+
+    code = "image_too_large"
+
+
 class ModelContractError(ModelLibraryError):
     """A model file or manifest breaks the model contract (DESIGN.md, "The model contract")."""
 

@@ -9,9 +9,10 @@ from models.decoded_image import DecodedImage, ImageSource, Window
 from models.dicom_pixels import DEFAULT_MAX_PIXELS, decode_dicom
 from models.dicom_read import read_dicom
 from models.errors import UnreadableDicom
-from models.raster import decode_raster, sniff_kind
+from models.raster import DEFAULT_MAX_DECODE_BYTES, decode_raster, sniff_kind
 
 __all__ = [
+    "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DecodedImage",
     "ImageSource",
@@ -24,14 +25,17 @@ __all__ = [
 ]
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_DECODE_BYTES
+) -> DecodedImage:
     """Sniff and decode any supported upload; bytes with no known magic are tried as a
-    preamble-less DICOM dataset (accepted only with a SOP Instance UID)."""
+    preamble-less DICOM dataset (accepted only with a SOP Instance UID). Refused before
+    decoding past ``max_pixels`` or past ``max_bytes`` of decode memory (ImageTooLarge)."""
     kind = sniff_kind(data)
     if kind in ("png", "jpeg"):
-        return decode_raster(data, max_pixels=max_pixels)
+        return decode_raster(data, max_pixels=max_pixels, max_bytes=max_bytes)
     try:
-        return decode_dicom(read_dicom(data), max_pixels=max_pixels)
+        return decode_dicom(read_dicom(data), max_pixels=max_pixels, max_bytes=max_bytes)
     except UnreadableDicom:
         if kind is None:
             raise UnreadableDicom("not DICOM, PNG or JPEG: unrecognised bytes") from None

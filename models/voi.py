@@ -2,7 +2,9 @@
 
 Everything works in float32 on one block of values at a time, with in-place ufuncs on a
 1 MiB scratch buffer: the only frame-sized allocation is the uint8 result. Callers' arrays
-are never modified.
+are never modified. ``rescale`` (slope, intercept) applies the Modality LUT (C.11.1) block
+by block too, with the very float32 operations of a whole-frame rescale, so stored values
+(uint16, int16) are windowed without a frame-sized float32 copy.
 """
 
 import math
@@ -16,6 +18,7 @@ from models.decoded_image import Window
 
 FloatArray = npt.NDArray[np.float32]
 UInt8Array = npt.NDArray[np.uint8]
+Rescale = tuple[float, float]  # (0028,1053) Rescale Slope, (0028,1052) Rescale Intercept
 # Writes the rounded 0..255 display values of a block of input into a float32 scratch of its size.
 BlockMap = Callable[[npt.NDArray[np.generic], FloatArray], None]
 
@@ -35,23 +38,25 @@ def is_valid_window(window: Window, function: VoiFunction = "LINEAR") -> bool:
     return math.isfinite(center) and math.isfinite(width) and least_ok
 
 
-def apply_window(values: FloatArray, window: Window, function: VoiFunction) -> UInt8Array:
+def apply_window(
+    values: npt.NDArray[np.generic], window: Window, function: VoiFunction, rescale: Rescale | None = None
+) -> UInt8Array:
     """Apply the VOI LUT Function ``function`` (PS3.3 C.11.2.1.2/C.11.2.1.3) with output range 0..255.
 
     LINEAR_EXACT: y = ((x - c) / w + 0.5) * 255, clipped to 0..255 (C.11.2.1.3.2).
     SIGMOID: y = 255 / (1 + exp(-4 (x - c) / w)) (C.11.2.1.3.1).
     """
     if function == "LINEAR":
-        return linear_window(values, window)
+        return linear_window(values, window, rescale)
     center, width = window
     if not is_valid_window(window, function):
         raise ValueError(f"window width must be finite and > 0 for {function}, got {width!r}")
     if function == "SIGMOID":
-        return _map_blocks(values, _sigmoid(center, width))
-    return _map_blocks(values, _ramp(center, DISPLAY_MAX / width))
+        return _map_blocks(values, _sigmoid(center, width), rescale)
+    return _map_blocks(values, _ramp(center, DISPLAY_MAX / width), rescale)
 
 
-def linear_window(values: FloatArray, window: Window) -> UInt8Array:
+def linear_window(values: npt.NDArray[np.generic], window: Window, rescale: Rescale | None = None) -> UInt8Array:
     """Apply the LINEAR VOI LUT function of PS3.3 C.11.2.1.2.1 with output range 0..255.
 
     ``values`` are modality LUT output (e.g. Hounsfield units). Width 1 is the standard's
@@ -63,8 +68,8 @@ def linear_window(values: FloatArray, window: Window) -> UInt8Array:
     if not is_valid_window(window):
         raise ValueError(f"window width must be finite and >= 1, got {width!r}")
     if width == 1.0:
-        return _map_blocks(values, _threshold(center - 0.5))
-    return _map_blocks(values, _ramp(center - 0.5, DISPLAY_MAX / (width - 1.0)))
+        return _map_blocks(values, _threshold(center - 0.5), rescale)
+    return _map_blocks(values, _ramp(center - 0.5, DISPLAY_MAX / (width - 1.0)), rescale)
 
 
 def percentile_window(values: FloatArray) -> Window:
@@ -105,7 +110,9 @@ def scale_to_uint8(values: npt.NDArray[np.generic], bits: int) -> UInt8Array:
     return _map_blocks(values, scale)
 
 
-def lookup_uint8(values: FloatArray, table: UInt8Array, first_mapped: int) -> UInt8Array:
+def lookup_uint8(
+    values: npt.NDArray[np.generic], table: UInt8Array, first_mapped: int, rescale: Rescale | None = None
+) -> UInt8Array:
     """``table[rint(x) - first_mapped]``, the index clamped to the table (PS3.3 C.11.2.1.1 LUT Descriptor)."""
     last = float(len(table) - 1)
 
@@ -115,7 +122,7 @@ def lookup_uint8(values: FloatArray, table: UInt8Array, first_mapped: int) -> UI
         np.clip(scratch, 0.0, last, out=scratch)
         scratch[...] = table[scratch.astype(np.intp)]
 
-    return _map_blocks(values, look_up)
+    return _map_blocks(values, look_up, rescale)
 
 
 def _ramp(origin: float, gain: float) -> BlockMap:
@@ -161,11 +168,22 @@ def _clip_and_round(scratch: FloatArray) -> None:
     np.rint(scratch, out=scratch)
 
 
-def _map_blocks(values: npt.NDArray[np.generic], block_map: BlockMap) -> UInt8Array:
+def _rescale_into(block: npt.NDArray[np.generic], rescale: Rescale, scratch: FloatArray) -> None:
+    slope, intercept = rescale
+    scratch[...] = block  # the float32 cast of astype(np.float32)
+    if slope != 1.0:
+        np.multiply(scratch, np.float32(slope), out=scratch)
+    if intercept != 0.0:
+        np.add(scratch, np.float32(intercept), out=scratch)
+
+
+def _map_blocks(values: npt.NDArray[np.generic], block_map: BlockMap, rescale: Rescale | None = None) -> UInt8Array:
     """The uint8 image of ``values`` under ``block_map``, computed BLOCK_VALUES at a time.
 
     Only the result is frame-sized (a C-contiguous ``values`` is read in place; any other
-    layout is flattened into one copy first).
+    layout is flattened into one copy first). With ``rescale`` each block is first rescaled
+    into the scratch (float32: x * slope + intercept, as ``dicom_voi.modality_values``
+    does for a whole frame), which ``block_map`` then maps in place.
     """
     display = np.empty(values.shape, dtype=np.uint8)
     flat_values, flat_display = values.reshape(-1), display.reshape(-1)
@@ -173,6 +191,9 @@ def _map_blocks(values: npt.NDArray[np.generic], block_map: BlockMap) -> UInt8Ar
     for start in range(0, flat_values.size, BLOCK_VALUES):
         block = flat_values[start : start + BLOCK_VALUES]
         block_scratch = scratch[: block.size]
+        if rescale is not None:
+            _rescale_into(block, rescale, block_scratch)
+            block = block_scratch
         block_map(block, block_scratch)
         flat_display[start : start + block.size] = block_scratch
     return display

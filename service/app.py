@@ -11,8 +11,9 @@ from service.access_log import install_access_log
 from service.dicomweb.qido import router as qido_router
 from service.dicomweb.stow import router as dicomweb_router
 from service.dicomweb.wado import router as wado_router
-from service.errors import install_error_handlers
+from service.errors import DATABASE_RESPONSES, install_error_handlers
 from service.health.routes import router as health_router
+from service.http_guard import HttpGuard
 from service.ingest.routes import router as ingest_router
 from service.settings import Settings, get_settings
 from service.web.routes import router as web_router
@@ -42,15 +43,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(HttpGuard)  # before the access log and headers: those wrap its 422s too
     install_access_log(app)
     install_security_headers(app)
     app.include_router(health_router)
-    app.include_router(ingest_router, prefix="/api/v1")
-    app.include_router(worklist_router, prefix="/api/v1")
-    app.include_router(dicomweb_router, prefix="/dicomweb")
-    app.include_router(qido_router, prefix="/dicomweb")
-    app.include_router(wado_router, prefix="/dicomweb")
-    app.include_router(workflow_router, prefix="/api/v1")
-    app.include_router(ups_router, prefix="/dicomweb")
+    app.include_router(ingest_router, prefix="/api/v1", responses=DATABASE_RESPONSES)
+    app.include_router(worklist_router, prefix="/api/v1", responses=DATABASE_RESPONSES)
+    app.include_router(dicomweb_router, prefix="/dicomweb", responses=DATABASE_RESPONSES)
+    app.include_router(qido_router, prefix="/dicomweb", responses=DATABASE_RESPONSES)
+    app.include_router(wado_router, prefix="/dicomweb", responses=DATABASE_RESPONSES)
+    app.include_router(workflow_router, prefix="/api/v1", responses=DATABASE_RESPONSES)
+    app.include_router(ups_router, prefix="/dicomweb", responses=DATABASE_RESPONSES)
     app.include_router(web_router)
     return app

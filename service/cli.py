@@ -1,4 +1,4 @@
-"""The ``sightline`` console script: serve, dicom-listener, worker, beat, migrate, keys, models, demo.
+"""The ``sightline`` console script: serve, dicom-listener, worker, beat, migrate, keys, models, demo, purge, blobs.
 
 ``worker`` and ``beat`` exec Celery by module path, so the gateway package never imports
 ``worker/`` (the arrow points one way: worker → service, never back).
@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from models.manifest import ModelManifest
 
 CELERY_APP = "worker.app:celery_app"
+_DURATION = re.compile(r"^(\d+)([dhm])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -71,6 +75,13 @@ def _celery(argv: list[str]) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    """The pool's children count the job metrics; the main process serves them all from a
+    prometheus multiprocess directory (a fresh one unless ``PROMETHEUS_MULTIPROC_DIR`` is set).
+    It must be in the environment before Celery imports prometheus_client, hence here."""
+    if get_settings().worker_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sightline-metrics-")
     return _celery(["worker", "-Q", "analysis", "--without-gossip", "--without-mingle", *args.celery_args])
 
 
@@ -90,14 +101,107 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> timedelta:
+    """argparse type: a positive whole number of days, hours or minutes (``30d``, ``12h``, ``90m``)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 30d, 12h or 90m, got {text!r}")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     from service.auth.tokens import create_token
     from service.db.session import unit_of_work
     from service.db.tables import Role
 
     with unit_of_work(get_settings()) as db:
-        token = create_token(db, role=Role(args.role), name=args.name)
+        token = create_token(db, role=Role(args.role), name=args.name, expires_in=args.expires_in)
     print(token)
+    return 0
+
+
+def _when(moment: datetime | None, empty: str = "-") -> str:
+    from service.db.tables import as_utc
+
+    return empty if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M")
+
+
+def _keys_list(_: argparse.Namespace) -> int:
+    """One row per token: never the secret (only its hash is stored), its 8-character prefix."""
+    from service.auth.tokens import is_expired, list_tokens
+    from service.db.session import session_factory
+    from service.db.tables import utcnow
+
+    with session_factory(get_settings())() as db:
+        rows = list_tokens(db)
+    now = utcnow()
+    table = [("NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES", "LAST USED", "REVOKED")]
+    for row in rows:
+        expires = _when(row.expires_at, "never") + (" (expired)" if is_expired(row, now) else "")
+        table.append(
+            (row.name, row.role.value, row.prefix, _when(row.created_at), expires, _when(row.last_used_at, "never"),
+             _when(row.revoked_at))
+        )  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from service.auth.tokens import revoke_token
+    from service.db.session import unit_of_work
+
+    with unit_of_work(get_settings()) as db:
+        row = revoke_token(db, args.token)
+        print(f"revoked {row.name} ({row.prefix}, {row.role.value})")
+    return 0
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 0 B, 12.3 KiB, 4.5 MiB, 6.7 GiB."""
+    if count < 1024:
+        return f"{count} B"
+    exponent = min(int(math.log(count, 1024)), 3)
+    return f"{count / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from service.db.session import session_factory
+    from service.db.tables import utcnow
+    from service.logging_setup import configure_logging
+    from service.retention import purge
+    from service.storage import BlobStore
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)  # the JSON record of what was deleted
+    cutoff = utcnow() - args.older_than
+    studies, report = purge(
+        BlobStore(settings.storage_dir), session_factory(settings), cutoff=cutoff, dry_run=args.dry_run
+    )
+    verb = ("would purge", "would delete") if args.dry_run else ("purged", "deleted")
+    print(
+        f"{verb[0]} {studies} studies received before {cutoff:%Y-%m-%d %H:%M} UTC; "
+        f"{verb[1]} {report.deleted} unreferenced blobs ({_size(report.bytes)})"
+        + (f"; kept {report.kept} referenced again meanwhile" if report.kept else "")
+    )
+    return 0
+
+
+def _blobs_sweep(args: argparse.Namespace) -> int:
+    from service.db.session import session_factory
+    from service.logging_setup import configure_logging
+    from service.retention import sweep
+    from service.storage import BlobStore
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)  # the JSON record of what was deleted
+    report = sweep(BlobStore(settings.storage_dir), session_factory(settings), grace=args.grace, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{verb} {report.deleted} unreferenced blobs older than {args.grace} ({_size(report.bytes)})"
+        + (f"; kept {report.kept} referenced again meanwhile" if report.kept else "")
+    )
     return 0
 
 
@@ -255,6 +359,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sightline", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
@@ -273,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)
     worker.set_defaults(func=_worker)
 
-    beat = sub.add_parser("beat", help="run Celery beat: the reconciler of stuck jobs")
+    beat = sub.add_parser("beat", help="run Celery beat: the reconciler and the series sweep, run in-process")
     beat.add_argument("--schedule", default="./var/celerybeat-schedule")
     beat.add_argument("celery_args", nargs=argparse.REMAINDER)
     beat.set_defaults(func=_beat)
@@ -287,7 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create a token and print it (shown once)")
     create.add_argument("--role", required=True, choices=["ingest", "reader", "admin"])
     create.add_argument("--name", default="cli")
+    create.add_argument("--expires-in", type=_duration, metavar="DURATION", help="e.g. 30d, 12h, 90m (default: never)")
     create.set_defaults(func=_keys_create)
+    keys.add_parser("list", help="list tokens (name, role, prefix, dates; never the secret)").set_defaults(
+        func=_keys_list
+    )
+    revoke = keys.add_parser("revoke", help="revoke the one token with this name or prefix")
+    revoke.add_argument("token", metavar="NAME_OR_PREFIX")
+    revoke.set_defaults(func=_keys_revoke)
 
     models = sub.add_parser("models", help="registered models").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="list registered model manifests").set_defaults(func=_models_list)
@@ -307,7 +419,70 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run API + worker + reconciler on embedded defaults with sample studies")
     demo.add_argument("--samples", type=int, default=4)
     demo.set_defaults(func=_demo)
+
+    purge = sub.add_parser("purge", help="delete studies received before a cutoff, then their unreferenced blobs")
+    purge.add_argument("--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 90d")
+    purge.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    purge.set_defaults(func=_purge)
+    blobs = sub.add_parser("blobs", help="the blob store").add_subparsers(dest="blobs_command", required=True)
+    sweep = blobs.add_parser("sweep", help="delete blob files no row references (orphans)")
+    sweep.add_argument("--grace", type=_duration, default=timedelta(hours=1), metavar="DURATION", help="default 1h")
+    sweep.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    sweep.set_defaults(func=_blobs_sweep)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sightline")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _explain(exc: BaseException) -> list[str] | None:
+    """One line per problem, naming it and the fix, for the errors an operator can fix; else None."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import DBAPIError
+
+    from service.auth.tokens import AmbiguousToken, TokenNotFound
+
+    if isinstance(exc, ValidationError):
+        return [_setting_error(error["loc"], error["msg"]) for error in exc.errors()]
+    if isinstance(exc, TokenNotFound | AmbiguousToken):
+        return [str(exc.args[0])]
+    if isinstance(exc, DBAPIError):
+        return [_database_error(str(exc.orig or exc))]
+    return None
+
+
+def _setting_error(loc: tuple[int | str, ...], message: str) -> str:
+    """``SIGHTLINE_PORT: Input should be less than 65536`` (the value is not repeated: it may be a secret)."""
+    name = f"SIGHTLINE_{str(loc[0]).upper()}" if loc else "settings"
+    where = "".join(f"[{part}]" for part in loc[1:])
+    return f"{name}{where}: {message.removeprefix('Value error, ')}"
+
+
+def _database_error(message: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(get_settings().database_url)
+    shown = url.render_as_string(hide_password=True)
+    text = message.lower()
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return f"the database at {shown} has no schema; run `sightline migrate`"
+    if "no such column" in text or ("column" in text and "does not exist" in text):
+        return f"the database at {shown} has an older schema; run `sightline migrate`"
+    if "unable to open database file" in text:
+        return f"database not found: {shown} (its folder does not exist); run `sightline migrate`"
+    if "database" in text and "does not exist" in text:
+        return f"database not found: {shown}; create it (createdb) and run `sightline migrate`"
+    if url.get_backend_name() == "postgresql":
+        reason = message.strip().splitlines()[0].rsplit(": ", 1)[-1]
+        where = f"{url.host or 'localhost'}:{url.port or 5432}"
+        return f"cannot reach PostgreSQL at {where} ({reason}); is PostgreSQL running?"
+    return f"database error at {shown}: {message.strip().splitlines()[0]}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,7 +493,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.celery_args = [*extra, *args.celery_args]
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except Exception as exc:
+        lines = _explain(exc)
+        if lines is None:
+            raise
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ The sample studies are synthetic drawings and say so in their patient name and d
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -106,31 +108,77 @@ def _spawn(name: str, args: list[str], settings: Settings) -> subprocess.Popen[b
         )
 
 
-def _processes(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
+STOP_GRACE_S = 10.0  # how long children get to stop after SIGTERM before SIGKILL
+
+
+class DemoStopped(Exception):
+    """SIGTERM or SIGINT reached the demo: stop the children and exit cleanly."""
+
+
+class ChildDied(Exception):
+    """A child process exited while the demo needed it; the message is one line for the operator."""
+
+
+def _stop_on_signal(signum: int, _: object) -> None:
+    raise DemoStopped(signal.Signals(signum).name)
+
+
+def _start_children(settings: Settings, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Start the API and the worker (the reconciler beat runs inside it) into ``children``."""
     worker = ["-m", "service.cli", "worker", "--pool=solo", "--beat", "--schedule", "./var/celerybeat-schedule"]
-    return {
-        "api": _spawn("api", ["-m", "service.cli", "serve"], settings),
-        "worker": _spawn("worker", worker, settings),
-    }
+    children["api"] = _spawn("api", ["-m", "service.cli", "serve"], settings)
+    children["worker"] = _spawn("worker", worker, settings)
 
 
-def _report_death(children: dict[str, subprocess.Popen[bytes]]) -> None:
+def _check_children(children: dict[str, subprocess.Popen[bytes]], settings: Settings) -> None:
+    """Raise ``ChildDied`` naming the first child that has exited, and the port if it could not bind."""
     for name, child in children.items():
-        if child.poll() is not None:
-            tail = (LOG_DIR / f"{name}.log").read_text(errors="replace")[-2000:]
-            print(f"\nThe {name} process exited with {child.returncode}. Last lines of its log:\n{tail}", flush=True)
+        if child.poll() is None:
+            continue
+        log = LOG_DIR / f"{name}.log"
+        tail = log.read_text(errors="replace")[-4000:].lower() if log.exists() else ""
+        if name == "api" and "address already in use" in tail:
+            raise ChildDied(
+                f"the API could not listen on {settings.host}:{settings.port}: the port is already in use "
+                "(stop what holds it or set SIGHTLINE_PORT)"
+            )
+        raise ChildDied(f"the {name} process exited with code {child.returncode}; see {log}")
 
 
-def _wait_ready(base_url: str, deadline_s: float = 180.0) -> None:
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every child's process group, then SIGKILL what is left after ``STOP_GRACE_S``.
+
+    Each child leads its own group (``start_new_session``), so grandchildren (a Celery pool,
+    uvicorn workers) go too, and a Ctrl+C in the terminal reaches only the demo.
+    """
+    _signal_groups(children, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+    _signal_groups(children, signal.SIGKILL)
+    for child in children.values():
+        child.wait()
+
+
+def _signal_groups(children: dict[str, subprocess.Popen[bytes]], signum: signal.Signals) -> None:
+    for child in children.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)  # the group may outlive its leader
+
+
+def _wait_ready(base_url: str, check: Callable[[], None], deadline_s: float = 180.0) -> None:
+    """Poll ``/readyz``; ``check`` raises as soon as a child has died, instead of waiting out the deadline."""
     stop = time.monotonic() + deadline_s
     while time.monotonic() < stop:
+        check()
         try:
             if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"the API did not become ready at {base_url}")
+    raise RuntimeError(f"the API did not become ready at {base_url} within {deadline_s:.0f} s; see {LOG_DIR}")
 
 
 def _push_samples(base_url: str, token: str, samples: int) -> None:
@@ -150,6 +198,25 @@ def _push_samples(base_url: str, token: str, samples: int) -> None:
 
 
 def run_demo(samples: int = 4) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until a child dies (one line on stderr, exit 1)."""
+    previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        return _run(samples, children)
+    except DemoStopped:
+        return 0
+    except (ChildDied, RuntimeError, httpx.HTTPError) as exc:  # a child died, not ready, samples refused
+        print(f"error: the demo stopped: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for signum in previous:  # a second Ctrl+C must not interrupt the cleanup
+            signal.signal(signum, signal.SIG_IGN)
+        _stop_children(children)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(samples: int, children: dict[str, subprocess.Popen[bytes]]) -> int:
     settings = get_settings()
     settings.ensure_dirs()
     upgrade(settings.database_url)
@@ -157,27 +224,13 @@ def run_demo(samples: int = 4) -> int:
         reader = create_token(db, role=Role.reader, name="demo-reader")
         ingest = create_token(db, role=Role.ingest, name="demo-ingest")
     base_url = f"http://{settings.host}:{settings.port}"
-    children = _processes(settings)
-    try:
-        _wait_ready(base_url)
-        _push_samples(base_url, ingest, samples)
-        print(_banner(base_url, reader, ingest), flush=True)
-        while all(child.poll() is None for child in children.values()):
-            time.sleep(1)
-        _report_death(children)
-        return 1
-    except (RuntimeError, httpx.HTTPError) as exc:  # not ready in time, or the samples were refused
-        print(f"The demo could not start: {exc}", flush=True)
-        _report_death(children)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for child in children.values():
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-        for child in children.values():
-            child.wait(timeout=30)
+    _start_children(settings, children)
+    _wait_ready(base_url, lambda: _check_children(children, settings))
+    _push_samples(base_url, ingest, samples)
+    print(_banner(base_url, reader, ingest), flush=True)
+    while True:
+        _check_children(children, settings)
+        time.sleep(1)
 
 
 def _banner(base_url: str, reader: str, ingest: str) -> str:

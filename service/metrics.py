@@ -1,4 +1,14 @@
-"""Prometheus metrics. Queue depth is read from the database, the source of truth."""
+"""Prometheus metrics. Queue depth is read from the database, the source of truth.
+
+Where each is served (scrape every one; see deploy/k8s and deploy/grafana):
+- the API's ``/metrics``: ingest counters, HTTP requests by route template, the turnaround
+  histogram, and ``sightline_jobs{status}``, a snapshot of the whole database taken by every
+  API replica (so ``max()`` it, never ``sum()``);
+- each worker's metrics port: ``sightline_job_seconds``, ``sightline_job_failures_total``
+  (``worker.metrics``);
+- the beat's metrics port: ``sightline_queue_depth{source}``, exported once per deployment,
+  the maintenance runs, and the ``retries_exhausted`` failures that the reconciler records.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +33,17 @@ JOB_LATENCY = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
 JOB_FAILURES = Counter("sightline_job_failures_total", "Jobs that ended failed", ["code"])
+HTTP_REQUESTS = Counter(
+    "sightline_http_requests_total",
+    "HTTP requests by route template (never the raw path)",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "sightline_http_request_seconds",
+    "HTTP request duration until the response starts, by route template",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 class TurnaroundCollector(Collector):

@@ -70,11 +70,14 @@ class Settings(BaseSettings):
     onnx_threads: Annotated[int, Field(ge=0)] = 0
     max_upload_bytes: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024
     max_image_pixels: Annotated[int, Field(gt=0)] = 64_000_000
+    max_decode_bytes: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024  # memory one image decode may take
     job_deadline_seconds: Annotated[int, Field(gt=0)] = 600
     job_max_attempts: Annotated[int, Field(gt=0)] = 5
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     series_quiet_seconds: Annotated[float, Field(ge=0)] = 30.0
     series_sweep_seconds: Annotated[float, Field(gt=0)] = 5.0
+    worker_metrics_port: Annotated[int, Field(ge=0, lt=65536)] = 9100  # 0: off
+    beat_metrics_port: Annotated[int, Field(ge=0, lt=65536)] = 9101  # 0: off
     host: str = "127.0.0.1"
     port: Annotated[int, Field(gt=0, lt=65536)] = 8000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -91,10 +92,11 @@ class BlobStore:
 
     @staticmethod
     def _touch(path: Path) -> bool:
-        """Mark an existing file as stored again (mtime + 1 ns, never back to a creator's stamp)."""
+        """Mark an existing file as stored again: its mtime becomes now (at least mtime + 1 ns, never
+        back to a creator's stamp), so the orphan sweeper's grace period protects it afresh."""
         try:
-            mtime = path.stat().st_mtime_ns
-            os.utime(path, ns=(mtime + 1, mtime + 1))
+            mtime = max(path.stat().st_mtime_ns + 1, time.time_ns())
+            os.utime(path, ns=(mtime, mtime))
         except FileNotFoundError:
             return False
         return True

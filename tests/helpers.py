@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from fastapi.testclient import TestClient
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ComprehensiveSRStorage as COMPREHENSIVE_SR
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sqlalchemy import create_engine, select, text
 
 from models.inference import Classifier
 from service.auth.tokens import create_token
 from service.db.session import unit_of_work
-from service.db.tables import AnalysisJob, JobStatus, Role
+from service.db.tables import AnalysisJob, JobStatus, ResultKind, ResultObject, Role, Study
 from service.settings import Settings
+from service.storage import BlobStore
 from worker.pipeline import Outcome, analyse_job
 
 PG_ADMIN_URL = os.environ.get("SIGHTLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -200,3 +202,52 @@ def run_queued(settings: Settings, classifier: Classifier) -> int:
     for job_id in queued:
         assert analyse_job(job_id, settings=settings, classifier=classifier, worker_name="w") is Outcome.succeeded
     return len(queued)
+
+
+def sr_blob(study_uid: str, series_uid: str, sop_uid: str) -> bytes:
+    """A small valid SR-like dataset, as a result object would be stored."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = COMPREHENSIVE_SR, sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 900, 1
+    ds.SeriesDescription = "Sightline AI results"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def add_result_object(settings: Settings, study_uid: str) -> tuple[str, str, bytes]:
+    """Store a small SR as a result object of the study, as the worker would; (series, SOP, bytes)."""
+    series_uid, sop_uid = f"{study_uid}.900", f"{study_uid}.900.1"
+    data = sr_blob(study_uid, series_uid, sop_uid)
+    key, _ = BlobStore(settings.storage_dir).put(data)
+    with unit_of_work(settings) as db:
+        study = db.query(Study).filter_by(study_instance_uid=study_uid).one()
+        db.add(
+            ResultObject(
+                study_id=study.id, generation=1, kind=ResultKind.sr, sop_class_uid=COMPREHENSIVE_SR,
+                sop_instance_uid=sop_uid, series_instance_uid=series_uid, blob_key=key, blob_size=len(data),
+            )
+        )  # fmt: skip
+    return series_uid, sop_uid, data
+
+
+STOW_BOUNDARY = "sightline-test-stow"
+STOW_CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary="{STOW_BOUNDARY}"'
+
+
+def stow_body(*parts: bytes, part_type: str = "application/dicom") -> bytes:
+    """A STOW-RS request body (PS3.18 §10.5): one part per instance, boundary ``STOW_BOUNDARY``."""
+    head = f"--{STOW_BOUNDARY}\r\nContent-Type: {part_type}\r\n\r\n".encode()
+    return b"".join(head + data + b"\r\n" for data in parts) + f"--{STOW_BOUNDARY}--\r\n".encode()
+
+
+def stow_all(client: TestClient, token: str, *parts: bytes) -> None:
+    """STOW-RS every part into the app behind ``client``; all must be stored (200)."""
+    headers = {"Content-Type": STOW_CONTENT_TYPE, **bearer(token)}
+    response = client.post("/dicomweb/studies", content=stow_body(*parts), headers=headers)
+    assert response.status_code == 200, response.text

@@ -144,7 +144,9 @@ def render_analysis(claim: ClaimedJob, *, settings: Settings, classifier: Classi
     """Load the object, score and explain every frame, render the key frame; no database access."""
     started = time.perf_counter()
     data = load_blob(BlobStore(settings.storage_dir), claim.blob_key)
-    analysis = analyse_object(data, classifier, max_pixels=settings.max_image_pixels)
+    analysis = analyse_object(
+        data, classifier, max_pixels=settings.max_image_pixels, max_bytes=settings.max_decode_bytes
+    )
     analysed_at = time.perf_counter()
     pngs, bbox = render_images(analysis, settings)
     finished = time.perf_counter()

@@ -44,9 +44,9 @@ def settle_study(db: Session, study_id: uuid.UUID, settings: Settings) -> Study:
 
 
 def sweep_after_job(settings: Settings) -> None:
-    """Every finished job also sweeps: while a backlog keeps the workers busy, beat's sweep
-    messages wait behind it in the queue (and expire), so the workers themselves complete the
-    series that went quiet meanwhile. The cost when nothing is ready is three indexed queries."""
+    """Every finished job also sweeps, so a series that went quiet is completed (and its results
+    published) as soon as a worker is free, not only on beat's schedule (``worker.beat`` runs
+    the sweep in the beat process). The cost when nothing is ready is three indexed queries."""
     try:
         sweep_quiet_series(settings)
     except DatabaseError:

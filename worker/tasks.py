@@ -51,11 +51,13 @@ def analyse_instance(self: Task[Any, Any], job_id: str) -> str:
 
 @celery_app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
 def reconcile() -> dict[str, int]:
-    """Re-send or fail jobs stuck past the deadline (scheduled by beat)."""
+    """Re-send or fail jobs stuck past the deadline. Beat runs ``reconcile_jobs`` in-process
+    (``worker.beat``); the task stays for a manual run and for messages sent by older beats."""
     return reconcile_jobs(get_settings()).as_dict()
 
 
 @celery_app.task(name=SWEEP_SERIES_TASK)  # type: ignore[untyped-decorator]
 def sweep_series() -> int:
-    """Complete and score series that went quiet after their last job finished (scheduled by beat)."""
+    """Complete and score series that went quiet after their last job finished; beat runs the
+    same function in-process (``worker.beat``), the task is for a manual run and older beats."""
     return sweep_quiet_series(get_settings())

@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
 from models.aggregation import adjacent_window_score
+from service.db.session import begin_write
 from service.db.tables import AnalysisJob, Instance, JobStatus, Series, SliceScore, Study
 
 PENDING = (JobStatus.queued, JobStatus.running)
@@ -71,6 +72,12 @@ def score_series(db: Session, series: Series, window: int) -> None:
 
 
 def lock_study(db: Session, study_id: uuid.UUID) -> Study:
+    """The study row, locked until the caller's transaction ends and read afresh.
+
+    SQLite has no row locks: there the whole database's write lock is taken first
+    (``begin_write``), or two workers could both read "results due" and both publish.
+    """
+    begin_write(db)
     study = db.get(Study, study_id, with_for_update=True, populate_existing=True)
     if study is None:
         raise LookupError(f"study {study_id} does not exist")

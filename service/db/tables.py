@@ -24,9 +24,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    event,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column, relationship
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -77,6 +78,11 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
     return Enum(cls, name=name, native_enum=False, length=16, validate_strings=True)
 
 
+SORT_COLUMNS = ("sort_priority", "sort_score", "received_at", "id")
+SORTED_FILTERS = ("status", "patient_id", "predicted_label", "modality")  # equality filters: (column, *sort)
+SORTED_SUBSETS = {"unreported": "reported_at IS NULL", "claimed": "claimed_by IS NOT NULL"}  # partial indexes
+
+
 class Study(Base):
     __tablename__ = "studies"
 
@@ -118,21 +124,50 @@ class Study(Base):
     claim_transaction_uid: Mapped[str | None] = mapped_column(UID)
     reported_by: Mapped[str | None] = mapped_column(String(128))
     reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Worklist order as columns that all ascend (service.worklist): set by ``sort_key_of`` on
+    # every ORM insert and update; one index per filter serves ``(sort key) > (cursor)``.
+    sort_priority: Mapped[int] = mapped_column(SmallInteger)
+    sort_score: Mapped[float] = mapped_column(Float)
 
     series: Mapped[list[Series]] = relationship(
         back_populates="study", order_by="Series.series_number", foreign_keys="Series.study_id"
     )
 
     __table_args__ = (
-        Index("ix_studies_patient_id", "patient_id"),
         Index("ix_studies_received_at", "received_at"),
+        Index("ix_studies_study_date", "study_date"),
         Index(
             "ix_studies_results_due_at",
             "results_due_at",
             postgresql_where=text("results_due_at IS NOT NULL"),
             sqlite_where=text("results_due_at IS NOT NULL"),
         ),
+        Index("ix_studies_sort", *SORT_COLUMNS),
+        *(Index(f"ix_studies_{column}_sort", column, *SORT_COLUMNS) for column in SORTED_FILTERS),
+        *(
+            Index(f"ix_studies_{name}_sort", *SORT_COLUMNS, postgresql_where=text(where), sqlite_where=text(where))
+            for name, where in SORTED_SUBSETS.items()
+        ),
     )
+
+
+UNSCORED_SORT = 1.0  # sort_score of an unscored study: after every scored one (scores are 0..1)
+
+
+def sort_key_of(study: Study) -> tuple[int, float]:
+    """``(sort_priority, sort_score)`` of ``study``: the worklist order ``clinical_priority DESC,
+    coalesce(triage_score, -1) DESC`` negated, so that the whole key ascends."""
+    priority = study.clinical_priority if study.clinical_priority is not None else 0  # the column default
+    score = study.triage_score
+    return -priority, (-score if score is not None else UNSCORED_SORT)
+
+
+@event.listens_for(Study, "before_insert")
+@event.listens_for(Study, "before_update")
+def _store_sort_key(_mapper: Mapper[Study], _connection: Any, study: Study) -> None:
+    """Every ORM flush of a study keeps its sort columns in step; a bulk ``update(Study)`` that
+    changes clinical_priority or triage_score must set them itself (none does today)."""
+    study.sort_priority, study.sort_score = sort_key_of(study)
 
 
 class Series(Base):

@@ -24,6 +24,7 @@ from service.errors import BadRequest
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 MAX_LIMIT = 1000  # a page never holds more than this, whatever ``limit`` asks
+MAX_DIGITS = 12  # limit/offset beyond this are refused at parsing, before SQL (bigint-safe)
 _CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
 # Modality of a result object's series, by kind (PS3.3 C.7.3.1.1.1 defined terms; SC is "OT").
 RESULT_MODALITY = {ResultKind.sr: "SR", ResultKind.sc: "OT", ResultKind.pr: "PR"}
@@ -84,8 +85,8 @@ def parse_query(items: Sequence[tuple[str, str]], level: Level) -> QidoQuery:
 
 def _control(query: QidoQuery, key: str, value: str) -> None:
     if key in ("limit", "offset"):
-        if not value.isdigit():
-            raise InvalidQuery(f"{key} must be a non-negative integer")
+        if not value.isdigit() or len(value) > MAX_DIGITS:
+            raise InvalidQuery(f"{key} must be a non-negative integer of at most {MAX_DIGITS} digits")
         if key == "limit":
             query.limit = min(int(value), MAX_LIMIT)
         else:

@@ -34,6 +34,7 @@ from service.dicomweb.multipart import DICOM_MEDIA_TYPE
 from service.dicomweb.query import UID_PATTERN, dicom_objects
 from service.dicomweb.stow import DICOM_JSON, NotAcceptable
 from service.errors import BadRequest, Forbidden, NotFound, Unauthenticated, UnprocessableInput, error_responses
+from service.settings import Settings
 from service.storage import BlobStore
 
 router = APIRouter(tags=["dicomweb"])
@@ -140,7 +141,7 @@ def render_instance(
     instance: Uid,
 ) -> Response:
     """The first frame as a display image (Modality LUT, then VOI LUT: PS3.18 §8.3.5.1)."""
-    return _rendered(request, store, _objects(db, study, series, instance)[0].blob_key, 1, settings.max_image_pixels)
+    return _rendered(request, store, _objects(db, study, series, instance)[0].blob_key, 1, settings)
 
 
 @router.get(_INSTANCE + "/frames/{frame}/rendered", response_class=Response, responses=_RESPONSES)
@@ -155,9 +156,7 @@ def render_frame(
     instance: Uid,
     frame: Annotated[int, Path(ge=1)],
 ) -> Response:
-    return _rendered(
-        request, store, _objects(db, study, series, instance)[0].blob_key, frame, settings.max_image_pixels
-    )
+    return _rendered(request, store, _objects(db, study, series, instance)[0].blob_key, frame, settings)
 
 
 def _objects(db: Session, study: str, series: str | None = None, instance: str | None = None) -> Sequence[Any]:
@@ -261,7 +260,7 @@ def _raw_frame(ds: Dataset, index: int) -> bytes:
     return bytes(pixel_array(ds, index=index, decoding_plugin=plugin).tobytes())
 
 
-def _rendered(request: Request, store: BlobStore, blob_key: str, frame: int, max_pixels: int) -> Response:
+def _rendered(request: Request, store: BlobStore, blob_key: str, frame: int, settings: Settings) -> Response:
     media = _rendered_type(request.headers.get("accept"))
     try:
         ds = read_dicom(store.path_for(blob_key).read_bytes())
@@ -269,7 +268,8 @@ def _rendered(request: Request, store: BlobStore, blob_key: str, frame: int, max
         raise ObjectMissing("the stored file of this object is missing") from None
     if frame > _frame_count(ds):
         raise FrameNotFound(f"the instance has {_frame_count(ds)} frame(s)")
-    pixels = decode_dicom(ds, index=frame - 1, max_pixels=max_pixels).pixels
+    limit = settings.max_decode_bytes
+    pixels = decode_dicom(ds, index=frame - 1, max_pixels=settings.max_image_pixels, max_bytes=limit).pixels
     if media == "image/png":
         return Response(encode_png(pixels), media_type=media)
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels)

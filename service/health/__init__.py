@@ -1,1 +1,1 @@
-"""Liveness, readiness and metrics."""
+"""Liveness, readiness (database, schema, storage; the broker degrades only) and metrics."""

@@ -1,31 +1,28 @@
-"""``/healthz`` (the process is alive), ``/readyz`` (database and broker reachable), ``/metrics``."""
+"""``/healthz`` (the process is alive), ``/readyz`` (it can take and keep an upload), ``/metrics``."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import text
 
-from service.db.session import session_factory
 from service.deps import AppSettings
+from service.errors import DATABASE_RESPONSES
+from service.health.readiness import check_broker, check_database, check_storage
 from service.metrics import refresh_queue_gauges
-from service.queue import publisher
-from service.storage import BlobStore
 
-logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
 class Readiness(BaseModel):
-    """The body of ``/readyz``, whether ready (200) or not (503)."""
+    """The body of ``/readyz``: 200 ``ready`` or ``degraded`` (the broker is down: uploads are
+    still kept, the reconciler sends their jobs later), 503 ``unavailable``."""
 
-    status: Literal["ready", "unavailable"]
-    checks: dict[str, bool]
+    status: Literal["ready", "degraded", "unavailable"]
+    checks: dict[str, str]
 
 
 METRICS_200: dict[str, Any] = {
@@ -41,42 +38,32 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: database, broker and storage reachable",
+    summary="Readiness: database reachable and migrated, storage writable (broker: degraded only)",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "A dependency is unreachable; ``checks`` says which"}},
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "Database unreachable, schema behind the migration head, or storage unwritable",
+        }
+    },
 )
 def readyz(settings: AppSettings) -> JSONResponse:
-    checks = {
-        "database": _check_database(settings),
-        "broker": _check_broker(settings.broker_url),
-        "storage": BlobStore(settings.storage_dir).writable(),
-    }
-    ready = all(checks.values())
-    body = {"status": "ready" if ready else "unavailable", "checks": checks}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    """``checks``: ``database`` ok/unreachable, ``schema`` current/behind/ahead/unknown (``ahead``,
+    migrated by a newer release, is ready), ``broker`` ok/unreachable, ``storage`` ok/unwritable."""
+    database, schema = check_database(settings)
+    checks: dict[str, str] = {"database": database, "schema": schema}
+    checks |= {"broker": check_broker(settings.broker_url), "storage": check_storage(settings)}
+    ready = database == "ok" and schema in ("current", "ahead") and checks["storage"] == "ok"
+    status = ("ready" if checks["broker"] == "ok" else "degraded") if ready else "unavailable"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: METRICS_200})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: METRICS_200, **DATABASE_RESPONSES},
+)
 def metrics(settings: AppSettings) -> Response:
     refresh_queue_gauges(settings)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-def _check_database(settings: AppSettings) -> bool:
-    try:
-        with session_factory(settings)() as db:
-            db.execute(text("SELECT 1"))
-        return True
-    except Exception:  # any driver error means "not ready"; the reason goes to the log only
-        logger.warning("readiness: database unreachable", exc_info=True)
-        return False
-
-
-def _check_broker(broker_url: str) -> bool:
-    try:
-        with publisher(broker_url).connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        return True
-    except Exception:  # kombu raises transport-specific errors; all mean "not ready"
-        logger.warning("readiness: broker unreachable", exc_info=True)
-        return False

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from models.applicability import dicom_attributes, not_applicable_reason, raster_attributes
 from models.errors import ModelLibraryError, UnreadableDicom
 from models.manifest import Scope
-from models.pixels import DecodedImage, decode_dicom, decode_raster, read_dicom, sniff_kind
+from models.pixels import DEFAULT_MAX_DECODE_BYTES, DecodedImage, decode_dicom, decode_raster, read_dicom, sniff_kind
 from service.errors import SightlineError, UnsupportedMediaType, model_error_status
 from service.ingest.dicom_meta import InstanceMeta, RasterContext, from_dicom, from_raster
 from service.ingest.errors import EmptyFile, RejectedFile, UploadTooLarge
@@ -62,26 +62,45 @@ def read_all(uploads: Sequence[NamedUpload], max_bytes: int) -> list[bytes]:
 
 
 def parse_all(
-    uploads: Sequence[NamedUpload], contents: Sequence[bytes], raster: RasterContext, max_pixels: int, scope: Scope
+    uploads: Sequence[NamedUpload],
+    contents: Sequence[bytes],
+    raster: RasterContext,
+    max_pixels: int,
+    scope: Scope,
+    *,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> list[ParsedFile]:
-    """Validate every file; the first bad one refuses the request, named by its index."""
+    """Validate every file; the first bad one refuses the request, named by its index.
+
+    Files are decoded one after another and each decoded image is dropped before the next,
+    so a request's decode memory is bounded by ``max_bytes`` (one file's budget)."""
     parsed: list[ParsedFile] = []
     for upload, data in zip(uploads, contents, strict=True):
         with refusing(upload.index):
-            meta = parse_file(data, raster, upload.index + 1, max_pixels, scope)
+            meta = parse_file(data, raster, upload.index + 1, max_pixels, scope, max_bytes=max_bytes)
         parsed.append(ParsedFile(upload.index, data, meta))
     return parsed
 
 
-def parse_file(data: bytes, raster: RasterContext, instance_number: int, max_pixels: int, scope: Scope) -> InstanceMeta:
-    """Sniff by content, decode the pixels (so undecodable files never reach the worker),
+def parse_file(
+    data: bytes,
+    raster: RasterContext,
+    instance_number: int,
+    max_pixels: int,
+    scope: Scope,
+    *,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+) -> InstanceMeta:
+    """Sniff by content, decode the pixels once (so undecodable files never reach the worker),
     judge applicability against the model's ``scope``, extract. Objects without pixels
-    (SR, KOS, presentation states) are accepted and stored as not applicable."""
+    (SR, KOS, presentation states) are accepted and stored as not applicable. An image whose
+    headers say decoding would take more than ``max_bytes`` is refused before decoding
+    (413 ``image_too_large``)."""
     if not data:
         raise EmptyFile("the file is empty (0 bytes)")
     kind = sniff_kind(data)
     if kind in ("png", "jpeg"):
-        image = decode_raster(data, max_pixels=max_pixels)
+        image = decode_raster(data, max_pixels=max_pixels, max_bytes=max_bytes)
         attrs = raster_attributes(image.pixels.shape[0], image.pixels.shape[1], color=image.is_color)
         reason = not_applicable_reason(attrs, scope)
         return from_raster(image, raster, instance_number, data=data, reason=reason)
@@ -92,7 +111,9 @@ def parse_file(data: bytes, raster: RasterContext, instance_number: int, max_pix
             raise UnsupportedMediaType("the content is not DICOM, PNG or JPEG") from None
         raise
     attrs = dicom_attributes(ds)
-    pixels: DecodedImage | None = decode_dicom(ds, max_pixels=max_pixels) if attrs.has_pixels else None
+    pixels: DecodedImage | None = (
+        decode_dicom(ds, max_pixels=max_pixels, max_bytes=max_bytes) if attrs.has_pixels else None
+    )
     return from_dicom(ds, pixels, data=data, reason=not_applicable_reason(attrs, scope))
 
 

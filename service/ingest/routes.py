@@ -156,7 +156,9 @@ def upload(
             study_description=study_description,
         )
         scope = active_manifest(settings).scope
-        parsed = parse_all(uploads, contents, raster, settings.max_image_pixels, scope)
+        parsed = parse_all(
+            uploads, contents, raster, settings.max_image_pixels, scope, max_bytes=settings.max_decode_bytes
+        )
         if synthetic:
             parsed = [replace(item, meta=replace(item.meta, synthetic=True)) for item in parsed]
         priority = clinical_priority.rank if clinical_priority is not None else None

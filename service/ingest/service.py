@@ -4,6 +4,25 @@ Runs inside the request's unit of work (``service.deps.DbSession``): it only flu
 the caller's commit makes the whole request durable at once; a failure rolls every row
 back and ``store_blob`` makes the unit of work delete the blobs this request wrote.
 The same SOP Instance UID (PS3.3 C.12.1.1.1) twice is one instance and one job.
+
+Lock order (PostgreSQL; SQLite serialises writers with ``BEGIN IMMEDIATE`` anyway). Every
+transaction that writes ingest rows takes its locks in this order, so concurrent uploads
+(the upload API, STOW-RS, C-STORE over parallel associations) never wait on each other in
+a cycle:
+
+1. the study rows of the request, in Study Instance UID order, before any other write:
+   ``INSERT ... ON CONFLICT DO NOTHING`` (it waits for a concurrent transaction that is
+   inserting the same UID to finish) then ``SELECT ... FOR UPDATE`` (``_lock_studies``).
+   New and existing studies alike: a new study is never first seen through an instance's
+   foreign key, whose KEY SHARE lock a later FOR UPDATE would have to wait on;
+2. series rows, created or updated only under their study's lock (files are stored
+   sorted by study, series and SOP Instance UID order of arrival);
+3. instance and job rows (their foreign keys take KEY SHARE locks on rows this
+   transaction already holds FOR UPDATE);
+4. the studies' status and score, under the locks from 1, in study id order.
+
+Workers and the series sweep lock one study at a time (``lock_study``), so they fit in.
+A study row created in step 1 whose every instance was refused is deleted before commit.
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Row, Select, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -67,19 +87,18 @@ def store_files(
 ) -> list[Stored]:
     """Store every file, raise and recompute each touched study, queue the new jobs.
 
-    Concurrent requests touching the same studies must take the study row locks in one
-    global order, or [A, B] and [B, A] deadlock on PostgreSQL (an instance insert takes a
-    KEY SHARE lock on its study, ``lock_study`` a FOR UPDATE). So the existing
-    studies are locked up front by id, files are stored grouped by Study Instance UID (new
-    study rows are created in that order) and studies are recomputed by id.
+    Concurrent requests touching the same studies take the study row locks in one global
+    order (the module docstring): every study of the request is created if new and locked
+    up front in Study Instance UID order, before any instance row is written.
     """
     begin_write(db)
-    _lock_studies(db, {parsed.meta.study_instance_uid for parsed in files})
+    locked = _lock_studies(db, files, priority)
     by_index: dict[int, Stored] = {}
-    for parsed in sorted(files, key=lambda item: (item.meta.study_instance_uid, item.index)):
+    for parsed in sorted(files, key=_store_order):
         with refusing(parsed.index):
             by_index[parsed.index] = store_one(db, store, parsed, priority=priority)
     stored = [by_index[parsed.index] for parsed in files]
+    _drop_empty_studies(db, locked, stored)
     to_analyse = {item.study_id for item in stored if not item.entry.duplicate and item.entry.job_id}
     for study_id in sorted({item.study_id for item in stored}):
         _raise_priority(_settle_after_ingest(db, study_id, pending=study_id in to_analyse), priority)
@@ -104,12 +123,13 @@ def store_each(
     caller's unit of work rolls everything back and removes every blob it wrote.
     """
     begin_write(db)
-    rows = _RowCache(_lock_studies(db, {parsed.meta.study_instance_uid for parsed in files}))
+    locked = _lock_studies(db, files, priority)
+    rows = _RowCache(locked.studies)
     known = find_instances(db, [parsed.meta.sop_instance_uid for parsed in files])
     writes = _BlobWrites(store, [parsed.data for parsed in files if parsed.meta.sop_instance_uid not in known])
     by_index: dict[int, Stored | SightlineError] = {}
     try:
-        for parsed in sorted(files, key=lambda item: (item.meta.study_instance_uid, item.index)):
+        for parsed in sorted(files, key=_store_order):
             uid = parsed.meta.sop_instance_uid
             key = None if uid in known else store.key_for(parsed.data)
             by_index[parsed.index] = _store_isolated(
@@ -124,6 +144,7 @@ def store_each(
     used = {item.fingerprint.blob_key for item in stored if not item.entry.duplicate and item.fingerprint}
     for key in [key for key in db.info.get(NEW_BLOBS, {}) if key not in used]:
         _drop_unused_blob(db, store, key)  # refused files, lost races: no row refers to it
+    _drop_empty_studies(db, locked, stored)
     to_analyse = {item.study_id for item in stored if not item.entry.duplicate and item.entry.job_id}
     for study_id in sorted({item.study_id for item in stored}):
         pending = study_id in to_analyse
@@ -229,17 +250,72 @@ def _settle_after_ingest(db: Session, study_id: uuid.UUID, *, pending: bool, stu
     return study
 
 
-def _lock_studies(db: Session, study_uids: set[str]) -> list[Study]:
-    """SELECT ... FOR UPDATE the existing study rows, in id order (see ``store_files``)."""
-    return list(
-        db.scalars(
+@dataclass(frozen=True)
+class _LockedStudies:
+    """The request's study rows, locked FOR UPDATE; ``created``: the ids this transaction inserted."""
+
+    studies: list[Study]
+    created: frozenset[uuid.UUID]
+
+
+def _store_order(parsed: ParsedFile) -> tuple[str, str, int]:
+    """Files are stored grouped by study, then series (step 2 of the lock order)."""
+    return parsed.meta.study_instance_uid, parsed.meta.series_instance_uid, parsed.index
+
+
+def _lock_studies(db: Session, files: Sequence[ParsedFile], priority: int | None) -> _LockedStudies:
+    """Step 1 of the lock order: create each new study row, lock every one, in UID order.
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` creates the row from the first file of that study
+    (or waits for a concurrent transaction creating it, then does nothing); ``SELECT ...
+    FOR UPDATE`` then holds it to the end of the transaction.
+    """
+    first: dict[str, InstanceMeta] = {}
+    for parsed in sorted(files, key=lambda item: item.index):
+        first.setdefault(parsed.meta.study_instance_uid, parsed.meta)
+    insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
+    studies: list[Study] = []
+    created: set[uuid.UUID] = set()
+    for uid in sorted(first):
+        meta, new_id = first[uid], uuid.uuid4()
+        values = {"id": new_id, "study_instance_uid": uid, "synthetic": meta.synthetic, **_study_values(meta)}
+        values["clinical_priority"] = priority or 0
+        result = db.execute(
+            insert(Study).values(**values).on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        )
+        study = db.scalars(
             select(Study)
-            .where(Study.study_instance_uid.in_(sorted(study_uids)))
-            .order_by(Study.id)
+            .where(Study.study_instance_uid == uid)
             .with_for_update()
             .execution_options(populate_existing=True)
-        )
-    )
+        ).one()
+        if getattr(result, "rowcount", 0) == 1 and study.id == new_id:
+            created.add(new_id)
+        studies.append(study)
+    return _LockedStudies(studies, frozenset(created))
+
+
+def _drop_empty_studies(db: Session, locked: _LockedStudies, stored: Sequence[Stored]) -> None:
+    """Delete the study rows this transaction created for files that were all refused."""
+    used = {item.study_id for item in stored}
+    empty = [study for study in locked.studies if study.id in locked.created and study.id not in used]
+    for study in empty:
+        db.delete(study)
+    if empty:
+        db.flush()
+
+
+def _study_values(meta: InstanceMeta) -> dict[str, Any]:
+    return {
+        "patient_id": meta.patient_id,
+        "patient_name": meta.patient_name,
+        "accession_number": meta.accession_number,
+        "study_date": meta.study_date,
+        "study_time": meta.study_time,
+        "modality": meta.modality,
+        "body_part": meta.body_part,
+        "description": meta.study_description,
+    }
 
 
 def _raise_priority(study: Study, priority: int | None) -> None:
@@ -420,16 +496,7 @@ def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None, rows: _
     study = rows.studies.get(meta.study_instance_uid)
     if study is None:
         study = db.scalar(select(Study).where(Study.study_instance_uid == meta.study_instance_uid))
-    values = {
-        "patient_id": meta.patient_id,
-        "patient_name": meta.patient_name,
-        "accession_number": meta.accession_number,
-        "study_date": meta.study_date,
-        "study_time": meta.study_time,
-        "modality": meta.modality,
-        "body_part": meta.body_part,
-        "description": meta.study_description,
-    }
+    values = _study_values(meta)
     if study is None:
         study = Study(
             id=uuid.uuid4(),

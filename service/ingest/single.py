@@ -79,7 +79,14 @@ def store_batch(
 def parse_instance(settings: Settings, data: bytes, index: int) -> ParsedFile | SingleStoreResult:
     """A validated DICOM instance (``index``: its place in the batch), or why it is refused."""
     try:
-        meta = parse_file(data, _NO_RASTER, 1, settings.max_image_pixels, active_manifest(settings).scope)
+        meta = parse_file(
+            data,
+            _NO_RASTER,
+            1,
+            settings.max_image_pixels,
+            active_manifest(settings).scope,
+            max_bytes=settings.max_decode_bytes,
+        )
     except (SightlineError, ModelLibraryError) as exc:
         return _refusal(exc)
     if meta.source_kind != "dicom":

@@ -15,6 +15,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.db.session import begin_write
 from service.db.tables import Role, Study, as_utc, utcnow
 from service.deps import Principal
 from service.errors import Conflict
@@ -42,6 +43,7 @@ def locked_study(db: Session, study_uid: str, *, lock: bool = True) -> Study:
     """The study row, locked for the rest of the transaction and read afresh."""
     stmt = select(Study).where(Study.study_instance_uid == study_uid)
     if lock:
+        begin_write(db)  # SQLite has no row locks: take its write lock (see service.db.series_state)
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     study = db.scalar(stmt)
     if study is None:

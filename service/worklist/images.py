@@ -3,18 +3,25 @@
 The worker stores six PNGs per result (original, heatmap, overlay, contour, and the map and
 outline layers of a viewer). Before a
 result exists only the original can be shown; it is decoded from the stored file (DICOM
-pixels through the Modality and VOI LUTs, PS3.3 C.11) and encoded here.
+pixels through the Modality and VOI LUTs, PS3.3 C.11) and encoded once, on the first
+request, into a file cache under ``<storage_dir>/renderings`` named after the instance's
+blob key. Blob keys are content addresses, so a cached rendering is never stale; it is
+written to a temporary file and renamed into place, so a reader never sees half of one.
+Every later request serves the file without decoding.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import uuid
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.pixels import decode_image
+from models.pixels import DEFAULT_MAX_DECODE_BYTES, decode_image
 from models.render import encode_png
 from service.db.tables import AnalysisResult, Instance
 from service.errors import NotFound
@@ -22,6 +29,7 @@ from service.storage import BlobStore
 from service.worklist.schemas import ImageKind
 
 logger = logging.getLogger(__name__)
+RENDERINGS_DIR = "renderings"  # under the blob store's root (settings.storage_dir)
 
 
 class InstanceNotFound(NotFound):
@@ -38,7 +46,15 @@ class ImageMissing(NotFound):
     code = "image_missing"
 
 
-def instance_png(db: Session, store: BlobStore, sop_uid: str, kind: ImageKind, *, max_pixels: int) -> bytes:
+def instance_png(
+    db: Session,
+    store: BlobStore,
+    sop_uid: str,
+    kind: ImageKind,
+    *,
+    max_pixels: int,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+) -> bytes:
     """PNG bytes of picture ``kind`` of the instance, from its latest result when there is one."""
     instance = db.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
     if instance is None:
@@ -55,7 +71,7 @@ def instance_png(db: Session, store: BlobStore, sop_uid: str, kind: ImageKind, *
             raise ResultNotReady(f"results made before this version have no {kind.value} image")
         return _blob(store, key, instance.id)
     if kind is ImageKind.original:
-        return render_png(_blob(store, instance.blob_key, instance.id), max_pixels=max_pixels)
+        return cached_original(store, instance.blob_key, instance.id, max_pixels=max_pixels, max_bytes=max_bytes)
     raise ResultNotReady(f"the {kind.value} image exists once the instance is analysed")
 
 
@@ -79,6 +95,41 @@ def _result_key(result: AnalysisResult, kind: ImageKind) -> str | None:
     return keys[kind]
 
 
-def render_png(data: bytes, *, max_pixels: int) -> bytes:
+def rendering_path(store: BlobStore, blob_key: str) -> Path:
+    """Where the rendering of blob ``blob_key`` is cached (the key is a content address, never user input)."""
+    return store.root / RENDERINGS_DIR / f"{blob_key}.png"
+
+
+def cached_original(
+    store: BlobStore, blob_key: str, instance_id: uuid.UUID, *, max_pixels: int, max_bytes: int
+) -> bytes:
+    """The cached rendering of the stored file, rendered and cached first if there is none."""
+    path = rendering_path(store, blob_key)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    png = render_png(_blob(store, blob_key, instance_id), max_pixels=max_pixels, max_bytes=max_bytes)
+    try:
+        _write_atomically(path, png)
+    except OSError:  # a full or read-only disk costs a re-render next time, never the answer
+        logger.warning("could not cache a rendering", extra={"instance_id": str(instance_id)})
+    return png
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_png(data: bytes, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> bytes:
     """Decode a stored DICOM/PNG/JPEG to display pixels and encode them as PNG."""
-    return encode_png(decode_image(data, max_pixels=max_pixels).pixels)
+    return encode_png(decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes).pixels)

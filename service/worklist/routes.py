@@ -121,7 +121,9 @@ def get_instance_image(
 ) -> Response:
     """The latest result's picture; before a result, ``original`` is rendered from the stored
     file and the other three answer 404 ``result_not_ready``."""
-    png = instance_png(db, store, sop_uid, kind, max_pixels=settings.max_image_pixels)
+    png = instance_png(
+        db, store, sop_uid, kind, max_pixels=settings.max_image_pixels, max_bytes=settings.max_decode_bytes
+    )
     return Response(png, media_type="image/png", headers={"Cache-Control": IMAGE_CACHE_CONTROL})
 
 

@@ -2,32 +2,31 @@
 
 Order: clinical priority, then AI suspicion, then age, i.e. ``clinical_priority DESC,
 coalesce(triage_score, -1) DESC, received_at ASC, id ASC``: unscored studies sort below
-every scored one, and within equal scores the oldest study comes first.
+every scored one, and within equal scores the oldest study comes first. The order is
+stored on the study as an ascending key (``service.db.tables.sort_key_of``):
+``(sort_priority, sort_score, received_at, id)``, which an index per filter reads in order.
 
-Paging is keyset on that whole tuple (the cursor holds the last row's key), never OFFSET:
-studies that arrive while someone pages sort wherever they belong without shifting the
-rows still to come, so no page repeats or skips a study whose sort key did not change
-between the requests. A study whose triage score changes in between (its analysis
-finished) moves; it may then be seen twice or not at all in that pass, and the next
-refresh shows it in place.
+Paging is keyset on that whole tuple (the cursor holds the last row's key, compared as one
+row value), never OFFSET: studies that arrive while someone pages sort wherever they
+belong without shifting the rows still to come, so no page repeats or skips a study whose
+sort key did not change between the requests. A study whose triage score changes in
+between (its analysis finished) moves; it may then be seen twice or not at all in that
+pass, and the next refresh shows it in place.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy import ColumnElement, Select, func, select, tuple_
+from sqlalchemy.orm import Session, selectinload
 
 from service.db.tables import AnalysisJob, AnalysisResult, Feedback, Instance, Series, Study, as_utc
-from service.errors import BadRequest, NotFound
+from service.errors import NotFound
+from service.worklist.cursor import decode_cursor, encode_cursor, sort_key
 from service.worklist.schemas import (
     BoundingBox,
     FeedbackView,
@@ -45,62 +44,49 @@ from service.worklist.schemas import (
 )
 
 ImageUrl = Callable[[str, ImageKind], str]
-UNSCORED = -1.0
-MIN_PRIORITY, MAX_PRIORITY = 0, 2  # routine .. stat, as ingest stores clinical_priority
-sort_score = func.coalesce(Study.triage_score, UNSCORED)
-
-
-class InvalidCursor(BadRequest):
-    code = "invalid_cursor"
+SORT_KEY = (Study.sort_priority, Study.sort_score, Study.received_at, Study.id)
 
 
 class StudyNotFound(NotFound):
     code = "study_not_found"
 
 
-class SortKey(NamedTuple):
-    priority: int
-    score: float
-    received_at: datetime
-    id: uuid.UUID
-
-
 def page(db: Session, query: WorklistQuery) -> WorklistPage:
     """One page of the worklist plus the cursor of the next one."""
     stmt = _worklist_select().where(*_filters(query))
     if query.cursor is not None:
-        stmt = stmt.where(_after(decode_cursor(query.cursor)))
+        stmt = stmt.where(tuple_(*SORT_KEY) > tuple(decode_cursor(query.cursor)))
     rows = db.execute(stmt.limit(query.limit + 1)).all()
     items = [_row(row) for row in rows[: query.limit]]
     more = len(rows) > query.limit
     last = rows[query.limit - 1] if more else None
-    next_cursor = encode_cursor(_sort_key(last.Study)) if last is not None else None
+    next_cursor = encode_cursor(sort_key(last.Study)) if last is not None else None
     return WorklistPage(items=items, next_cursor=next_cursor)
 
 
 def _worklist_select() -> Select[Any]:
-    key_instance = aliased(Instance)
-    instance_count = (
-        select(func.count(Instance.id)).where(Instance.study_id == Study.id).correlate(Study).scalar_subquery()
-    )
-    series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
-    counts = (instance_count.label("instance_count"), series_count.label("series_count"))
-    return (
-        select(Study, key_instance.sop_instance_uid.label("key_sop"), *counts)
-        .outerjoin(key_instance, key_instance.id == Study.key_instance_id)
-        .order_by(Study.clinical_priority.desc(), sort_score.desc(), Study.received_at.asc(), Study.id.asc())
-    )
+    """Studies only in FROM (the rest are per-row subqueries), so the plan is the ordered index
+    scan under the LIMIT whatever the statistics of the other tables."""
+    key_sop = select(Instance.sop_instance_uid).where(Instance.id == Study.key_instance_id).scalar_subquery()
+    instance_count = select(func.count(Instance.id)).where(Instance.study_id == Study.id).scalar_subquery()
+    series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).scalar_subquery()
+    columns = (key_sop.label("key_sop"), instance_count.label("instance_count"), series_count.label("series_count"))
+    return select(Study, *columns).order_by(*SORT_KEY)
 
 
 def _filters(query: WorklistQuery) -> list[ColumnElement[bool]]:
-    """Every given filter narrows the list; received_* is the half-open interval [after, before)."""
+    """Every given filter narrows the list; received_* is the half-open interval [after, before).
+
+    ``min_score`` is said on ``sort_score`` (= -triage_score; 1.0, never matched, when
+    unscored) so that it is an index condition of the order index rather than a filter.
+    """
     conditions: list[ColumnElement[bool]] = []
     if query.status is not None:
         conditions.append(Study.status == query.status)
     if query.label is not None:
         conditions.append(Study.predicted_label == query.label)
     if query.min_score is not None:
-        conditions.append(Study.triage_score >= query.min_score)
+        conditions.append(Study.sort_score <= -query.min_score)
     if query.modality is not None:
         conditions.append(Study.modality == query.modality)
     if query.date_from is not None:
@@ -118,55 +104,6 @@ def _filters(query: WorklistQuery) -> list[ColumnElement[bool]]:
     if query.reported is not None:
         conditions.append(Study.reported_at.is_not(None) if query.reported else Study.reported_at.is_(None))
     return conditions
-
-
-def _after(key: SortKey) -> ColumnElement[bool]:
-    """Rows strictly after ``key`` in the worklist order (mixed directions, so spelled out)."""
-    same_priority = Study.clinical_priority == key.priority
-    same_score = and_(same_priority, sort_score == key.score)
-    same_time = and_(same_score, Study.received_at == key.received_at)
-    return or_(
-        Study.clinical_priority < key.priority,
-        and_(same_priority, sort_score < key.score),
-        and_(same_score, Study.received_at > key.received_at),
-        and_(same_time, Study.id > key.id),
-    )
-
-
-def _sort_key(study: Study) -> SortKey:
-    score = study.triage_score if study.triage_score is not None else UNSCORED
-    return SortKey(study.clinical_priority, score, as_utc(study.received_at), study.id)
-
-
-def encode_cursor(key: SortKey) -> str:
-    """base64url JSON of the last row's sort key; opaque to clients."""
-    body = {"p": key.priority, "s": key.score, "r": key.received_at.isoformat(), "i": str(key.id)}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> SortKey:
-    """The sort key of a cursor from ``encode_cursor``; anything else is 400 ``invalid_cursor``."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return _cursor_key(json.loads(raw))
-    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError) as exc:
-        raise InvalidCursor("cursor is not one this server issued; start again without it") from exc
-
-
-def _cursor_key(body: object) -> SortKey:
-    """Every field checked for type and range, so nothing odd ever reaches a bound parameter."""
-    if not isinstance(body, dict):
-        raise TypeError("cursor is not a JSON object")
-    priority, score, received, ident = body["p"], body["s"], body["r"], body["i"]
-    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise ValueError("cursor priority is not 0, 1 or 2")
-    if score is None:
-        score = UNSCORED
-    if type(score) not in (int, float) or not math.isfinite(score):
-        raise ValueError("cursor score is not a finite number")
-    if not isinstance(received, str) or not isinstance(ident, str):
-        raise TypeError("cursor time and id must be strings")
-    return SortKey(priority, float(score), as_utc(datetime.fromisoformat(received)), uuid.UUID(ident))
 
 
 def summary_fields(study: Study, key_sop: str | None) -> dict[str, Any]:

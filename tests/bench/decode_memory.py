@@ -15,8 +15,16 @@ mix with another's. Keys:
 - ``dicom_native_16bit_4096_mb_per_mpx``: 4096x4096 MONOCHROME2, 12 of 16 bits, Explicit
   VR Little Endian, Rescale Slope/Intercept and a window;
 - ``dicom_rle_16bit_2048_mb_per_mpx``: 2048x2048, the same attributes, RLE Lossless;
+- ``dicom_jpegls_16bit_2048_mb_per_mpx``: the same, JPEG-LS Lossless;
+- ``dicom_j2k_16bit_2048_mb_per_mpx``: the same, JPEG 2000 Lossless;
 - ``png_grey_8bit_8000_mb_per_mpx``: 8000x8000 8-bit grey PNG;
+- ``png_grey_16bit_4096_mb_per_mpx``: 4096x4096 16-bit grey PNG;
+- ``png_rgba_16bit_4096_mb_per_mpx``: 4096x4096 16-bit RGBA PNG (alpha dropped on decode);
 - ``jpeg_rgb_4096_mb_per_mpx``: 4096x4096 RGB JPEG (quality 90).
+
+``python tests/bench/decode_memory.py`` prints them; each case also reports the decode
+budget estimate (``models.raster.raster_decode_bytes`` / ``models.dicom_pixels.dicom_decode_bytes``)
+per pixel next to the measurement, as ``<kind>_budget_b_per_px``.
 
 The pictures are synthetic brain-like slices (``models.synthetic``) scaled up, so that the
 compressed kinds compress as real images do. The peak is VmHWM from /proc/self/status, reset
@@ -38,7 +46,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
 
 from models.synthetic import Lesion, synthetic_slice
 
@@ -86,7 +102,11 @@ def run(rounds: int = 3) -> dict[str, float]:
     kinds: dict[str, tuple[Callable[[int], bytes], int]] = {
         "dicom_native_16bit_4096_mb_per_mpx": (_native_dicom, 4096),
         "dicom_rle_16bit_2048_mb_per_mpx": (_rle_dicom, 2048),
+        "dicom_jpegls_16bit_2048_mb_per_mpx": (_jpegls_dicom, 2048),
+        "dicom_j2k_16bit_2048_mb_per_mpx": (_j2k_dicom, 2048),
         "png_grey_8bit_8000_mb_per_mpx": (_grey_png, 8000),
+        "png_grey_16bit_4096_mb_per_mpx": (_grey16_png, 4096),
+        "png_rgba_16bit_4096_mb_per_mpx": (_rgba16_png, 4096),
         "jpeg_rgb_4096_mb_per_mpx": (_rgb_jpeg, 4096),
     }
     figures: dict[str, float] = {}
@@ -94,10 +114,26 @@ def run(rounds: int = 3) -> dict[str, float]:
         for name, (make, side) in kinds.items():
             warm_up, measured = Path(tmp) / f"{name}.small", Path(tmp) / f"{name}.full"
             warm_up.write_bytes(make(WARM_UP_SIDE))
-            measured.write_bytes(make(side))
+            data = make(side)
+            measured.write_bytes(data)
             figures[name] = round(statistics.median(_child_growth(warm_up, measured) for _ in range(rounds)), 2)
+            figures[name.replace("_mb_per_mpx", "_budget_b_per_px")] = round(_budget(data) / side / side, 2)
             measured.unlink()
     return figures
+
+
+def _budget(data: bytes) -> int:
+    """The decode byte budget's estimate for ``data`` (what the API compares with SIGHTLINE_MAX_DECODE_BYTES)."""
+    from models.dicom_pixels import dicom_decode_bytes
+    from models.pixels import read_dicom
+    from models.raster import jpeg_header, png_header, raster_decode_bytes, sniff_kind
+
+    kind = sniff_kind(data)
+    if kind == "png":
+        return raster_decode_bytes(png_header(data))
+    if kind == "jpeg":
+        return raster_decode_bytes(jpeg_header(data))
+    return dicom_decode_bytes(read_dicom(data))
 
 
 def _child_growth(warm_up: Path, measured: Path) -> float:
@@ -157,8 +193,30 @@ def _rle_dicom(side: int) -> bytes:
     return _dicom_bytes(ds)
 
 
+def _jpegls_dicom(side: int) -> bytes:
+    ds = _grey_dataset(side)
+    ds.compress(UID(JPEGLSLossless), _picture(side, np.uint16))
+    return _dicom_bytes(ds)
+
+
+def _j2k_dicom(side: int) -> bytes:
+    ds = _grey_dataset(side)
+    ds.compress(UID(JPEG2000Lossless), _picture(side, np.uint16))
+    return _dicom_bytes(ds)
+
+
 def _grey_png(side: int) -> bytes:
     return _encoded(".png", _picture(side, np.uint8))
+
+
+def _grey16_png(side: int) -> bytes:
+    return _encoded(".png", _picture(side, np.uint16) * 16)
+
+
+def _rgba16_png(side: int) -> bytes:
+    grey = _picture(side, np.uint16) * 16
+    alpha = np.full_like(grey, 65535)
+    return _encoded(".png", np.stack([grey, grey // 2, grey // 3, alpha], axis=-1))
 
 
 def _rgb_jpeg(side: int) -> bytes:

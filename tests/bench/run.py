@@ -7,7 +7,8 @@
    resident memory of every worker process;
 4. decode memory per megapixel (``decode_memory.py``), when that module is present;
 5. ingest into Sightline vs Orthanc (``ingest_vs_orthanc.py``) and a 150-slice study's
-   turnaround with Orthanc as the PACS (``turnaround_orthanc.py``).
+   turnaround with Orthanc as the PACS (``turnaround_orthanc.py``);
+6. worklist page latency over 10 k and 1 M studies (``worklist_scale.py``).
 Rounds interleave raw and end-to-end measurements so that machine noise hits both; the
 figures are medians over rounds.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import turnaround_orthanc
+import worklist_scale
 from end_to_end import push_and_wait, running_stack
 from helpers import services_available
 from model_latency import LatencyFigures, measure_latency, raw_parallel_throughput, raw_throughput
@@ -70,6 +72,7 @@ def main() -> int:
     figures["decode_memory"] = decode_memory_figures(args.rounds)
     figures["ingest_vs_orthanc"] = ingest_vs_orthanc_figures(args.rounds)
     figures["turnaround_orthanc"] = turnaround_orthanc.run(args.rounds, args.processes)
+    figures["worklist_scale"] = worklist_scale.run()
     _write(args.report, figures)
     print(json.dumps(figures, indent=2))
     return 0
@@ -194,6 +197,7 @@ def _write(path: Path, f: dict[str, Any]) -> None:
         decode_section(f["decode_memory"]),
         _ingest_section(f["ingest_vs_orthanc"]),
         turnaround_orthanc.section(f["turnaround_orthanc"]),
+        worklist_scale.section(f["worklist_scale"]),
     ]
     path.write_text(_headline(f) + "".join(f"\n{section}" for section in sections))
     path.with_suffix(".json").write_text(json.dumps(f, indent=2) + "\n")

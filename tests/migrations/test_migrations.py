@@ -113,3 +113,32 @@ def test_sqlite_data_survives_0002_up_and_down(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_postgresql_data_survives_0002_up_and_down(empty_pg_database: str) -> None:
     _rows_survive_0002(empty_pg_database)
+
+
+def _sort_key_backfilled_by_0006(url: str) -> None:
+    """Studies from before 0006 get their worklist sort key from clinical_priority and triage_score."""
+    upgrade(url, "0005")
+    engine = create_engine(url)
+    insert = text(
+        "INSERT INTO studies (id, study_instance_uid, synthetic, clinical_priority, status, triage_score, received_at, "
+        "updated_at, results_generation) VALUES (:id, :uid, false, :priority, 'analysed', :score, :now, :now, 0)"
+    )
+    with engine.begin() as conn:
+        for uid, priority, score in (("1.1", 2, 0.25), ("1.2", 0, None)):
+            conn.execute(insert, {"id": str(uuid.uuid4()), "uid": uid, "priority": priority, "score": score,
+                                  "now": datetime.now(UTC)})  # fmt: skip
+    upgrade(url)
+    with engine.begin() as conn:
+        rows = conn.execute(text("SELECT study_instance_uid, sort_priority, sort_score FROM studies ORDER BY 1")).all()
+    assert [tuple(row) for row in rows] == [("1.1", -2, -0.25), ("1.2", 0, 1.0)]
+    downgrade(url, "0005")
+    engine.dispose()
+
+
+def test_sqlite_sort_key_backfilled_by_0006(tmp_path: Path) -> None:
+    _sort_key_backfilled_by_0006(f"sqlite:///{tmp_path / 'm.db'}")
+
+
+@pytest.mark.integration
+def test_postgresql_sort_key_backfilled_by_0006(empty_pg_database: str) -> None:
+    _sort_key_backfilled_by_0006(empty_pg_database)

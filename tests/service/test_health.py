@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from helpers import bearer, make_mr_dicom, make_settings
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from service.app import create_app
+from service.db.migrate import downgrade, upgrade
 from service.db.session import session_factory, unit_of_work
 from service.db.tables import AnalysisJob, Instance, JobStatus, Role
 from service.settings import Settings
@@ -23,18 +25,71 @@ def test_healthz_needs_no_token(client: TestClient) -> None:
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_readyz_checks_database_broker_and_storage(client: TestClient) -> None:
+READY = {"database": "ok", "schema": "current", "broker": "ok", "storage": "ok"}
+
+
+def test_readyz_checks_database_schema_broker_and_storage(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": True, "broker": True, "storage": True}}
+    assert response.json() == {"status": "ready", "checks": READY}
 
 
-def test_readyz_is_503_when_the_broker_is_unreachable(tmp_path: Path, settings: Settings) -> None:
+def test_readyz_is_200_degraded_when_the_broker_is_unreachable(tmp_path: Path, settings: Settings) -> None:
+    """Uploads still succeed without a broker (jobs are rows; the reconciler re-sends them)."""
     dead_broker = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
     with TestClient(create_app(dead_broker)) as client:
         response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "degraded", "checks": READY | {"broker": "unreachable"}}
+
+
+def test_readyz_is_503_when_the_database_is_not_migrated(tmp_path: Path) -> None:
+    empty = make_settings(tmp_path / "empty")  # reachable (SQLite creates the file) but no tables
+    with TestClient(create_app(empty)) as client:
+        response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"] == {"database": True, "broker": False, "storage": True}
+    assert response.json() == {"status": "unavailable", "checks": READY | {"schema": "behind"}}
+
+
+def test_readyz_is_503_when_the_schema_is_one_migration_behind(settings: Settings) -> None:
+    downgrade(settings.database_url, "-1")
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503 and response.json()["checks"]["schema"] == "behind"
+    upgrade(settings.database_url)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "checks": READY}
+
+
+def test_readyz_is_200_when_the_schema_is_ahead(settings: Settings) -> None:
+    """A newer release migrated first (expand, then contract): pods on this image keep serving."""
+    with unit_of_work(settings) as db:
+        db.execute(text("UPDATE alembic_version SET version_num = 'f00dfeedbeef'"))
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 200 and response.json()["checks"]["schema"] == "ahead"
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    gone = make_settings(tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with TestClient(create_app(gone)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] | {"broker": "ok"} == READY | {"database": "unreachable", "schema": "unknown"}
+
+
+def test_readyz_is_503_when_storage_is_unwritable(client: TestClient, settings: Settings) -> None:
+    shutil.rmtree(settings.storage_dir)
+    settings.storage_dir.write_bytes(b"")  # a file where the blob directory should be: nothing can be written
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "checks": READY | {"storage": "unwritable"}}
+
+
+def test_healthz_stays_200_when_dependencies_fail(tmp_path: Path) -> None:
+    gone = make_settings(tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with TestClient(create_app(gone)) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
 
 
 def test_metrics_report_queue_depth_from_the_database(client: TestClient, tokens: dict[Role, str]) -> None:
@@ -124,6 +179,11 @@ def test_openapi_documents_the_error_responses(client: TestClient) -> None:
 
     assert schema_ref("/readyz", "get", "503").endswith("/Readiness")
     assert set(spec["components"]["schemas"]["Readiness"]["properties"]) == {"status", "checks"}
+    for path, method in (("/api/v1/uploads", "post"), ("/api/v1/worklist", "get"), ("/dicomweb/studies", "get")):
+        assert paths[path][method]["responses"]["503"]["description"] == "database_unavailable", path
+        assert schema_ref(path, method, "503").endswith("/ErrorEnvelope"), path
+    assert "503" in paths["/metrics"]["get"]["responses"]
+    assert "503" not in paths["/healthz"]["get"]["responses"]
     assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert {"401", "403", "413", "415", "422"} <= set(paths["/api/v1/uploads"]["post"]["responses"])
     for path in ("/api/v1/worklist", "/api/v1/studies/{study_uid}", "/api/v1/instances/{sop_uid}/{kind}.png"):

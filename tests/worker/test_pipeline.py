@@ -153,6 +153,18 @@ def test_unknown_job_id_is_skipped(settings, classifier) -> None:
     assert run(settings, classifier, uuid.uuid4()) is Outcome.skipped
 
 
+def test_the_workers_decode_budget_is_the_setting(settings, classifier, make_job) -> None:
+    """An image over ``SIGHTLINE_MAX_DECODE_BYTES`` (lowered after it was stored) fails at once, undecoded."""
+    stored = make_job(make_mr_dicom(lesion=None, seed=3))
+    tight = settings.model_copy(update={"max_decode_bytes": 50_000})  # a 200x200 frame needs more
+
+    assert run(tight, classifier, stored.job_id) is Outcome.failed
+
+    with unit_of_work(settings) as db:
+        job = db.get_one(AnalysisJob, stored.job_id)
+        assert (job.status, job.error_code, job.attempts) == (JobStatus.failed, "image_too_large", 1)
+
+
 def test_undecodable_blob_fails_the_job_permanently(settings, classifier, make_job) -> None:
     stored = make_job(b"\x00" * 132 + b"this is not a DICOM dataset at all")
     files = blob_files(settings)

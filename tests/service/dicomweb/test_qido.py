@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import bearer, mr_slice
+from helpers import STOW_CONTENT_TYPE, add_result_object, bearer, mr_slice, stow_all, stow_body
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
-from service.db.session import unit_of_work
-from service.db.tables import ResultKind, ResultObject, Role, Study
+from service.db.tables import Role
 from service.settings import Settings
-from service.storage import BlobStore
 
-BOUNDARY = "sightline-qido-7a"
-CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'
 STUDY_A = "1.2.826.0.1.3680043.9101"
 STUDY_B = "1.2.826.0.1.3680043.9102"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-
-
-def stow(client: TestClient, token: str, *parts: bytes) -> None:
-    body = b"".join(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in parts)
-    response = client.post(
-        "/dicomweb/studies", content=body + f"--{BOUNDARY}--\r\n".encode(),
-        headers={"Content-Type": CONTENT_TYPE, **bearer(token)},
-    )  # fmt: skip
-    assert response.status_code == 200, response.text
 
 
 def qido(client: TestClient, token: str, path: str, **params: Any) -> list[dict[str, Any]]:
@@ -47,37 +31,6 @@ def value(result: dict[str, Any], tag: str) -> Any:
     return values[0] if values and len(values) == 1 else values
 
 
-def sr_blob(study_uid: str, series_uid: str, sop_uid: str) -> bytes:
-    """A small valid SR-like dataset, as a result object would be stored."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SOPClassUID, ds.SOPInstanceUID = COMPREHENSIVE_SR, sop_uid
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 900, 1
-    ds.SeriesDescription = "Sightline AI results"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def add_result_object(settings: Settings, study_uid: str) -> tuple[str, str, bytes]:
-    series_uid, sop_uid = f"{study_uid}.900", f"{study_uid}.900.1"
-    data = sr_blob(study_uid, series_uid, sop_uid)
-    key, _ = BlobStore(settings.storage_dir).put(data)
-    with unit_of_work(settings) as db:
-        study = db.query(Study).filter_by(study_instance_uid=study_uid).one()
-        db.add(
-            ResultObject(
-                study_id=study.id, generation=1, kind=ResultKind.sr, sop_class_uid=COMPREHENSIVE_SR,
-                sop_instance_uid=sop_uid, series_instance_uid=series_uid, blob_key=key, blob_size=len(data),
-            )
-        )  # fmt: skip
-    return series_uid, sop_uid, data
-
-
 @pytest.fixture()
 def two_studies(client: TestClient, tokens: dict[Role, str]) -> None:
     a = [mr_slice(STUDY_A, f"{STUDY_A}.1", n) for n in (1, 2, 3)]
@@ -86,7 +39,7 @@ def two_studies(client: TestClient, tokens: dict[Role, str]) -> None:
         mr_slice(STUDY_B, f"{STUDY_B}.1", 1, PatientID="PAT-B", PatientName="Other^Person", StudyDate="20240115",
                  AccessionNumber="ACC-B")
     ]  # fmt: skip
-    stow(client, tokens[Role.ingest], *a, *b)
+    stow_all(client, tokens[Role.ingest], *a, *b)
 
 
 @pytest.mark.usefixtures("two_studies")
@@ -203,6 +156,7 @@ def test_png_uploads_are_not_dicom_objects(client: TestClient, tokens: dict[Role
         ({"StudyDate": "2024-01"}, "invalid_query"),
         ({"StudyInstanceUID": "1.2.abc"}, "invalid_query"),
         ({"limit": "-1"}, "invalid_query"),
+        ({"offset": "1" + "0" * 30}, "invalid_query"),  # refused at parsing, never reaches SQL
         ({"includefield": "NotAKeyword"}, "invalid_query"),
     ],
 )
@@ -231,10 +185,9 @@ def test_no_match_is_200_with_an_empty_array(client: TestClient, tokens: dict[Ro
 
 
 def test_stow_response_carries_retrieve_urls(client: TestClient, tokens: dict[Role, str]) -> None:
-    body = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + mr_slice(STUDY_A, f"{STUDY_A}.1", 1)
     response = client.post(
-        "/dicomweb/studies", content=body + f"\r\n--{BOUNDARY}--\r\n".encode(),
-        headers={"Content-Type": CONTENT_TYPE, **bearer(tokens[Role.ingest])},
+        "/dicomweb/studies", content=stow_body(mr_slice(STUDY_A, f"{STUDY_A}.1", 1)),
+        headers={"Content-Type": STOW_CONTENT_TYPE, **bearer(tokens[Role.ingest])},
     )  # fmt: skip
     ds = Dataset.from_json(response.text)
     assert ds.RetrieveURL == f"/dicomweb/studies/{STUDY_A}"

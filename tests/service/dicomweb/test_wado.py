@@ -10,65 +10,20 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import bearer, dicom_variant, mr_slice
-from pydicom import Dataset, dcmread
+from helpers import add_result_object, bearer, dicom_variant, mr_slice, stow_all
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import RLELossless
 
-from service.db.session import unit_of_work
-from service.db.tables import ResultKind, ResultObject, Role, Study
+from service.db.tables import Role
 from service.dicomweb.multipart import split_parts
 from service.settings import Settings
-from service.storage import BlobStore
 
-BOUNDARY = "sightline-wado-7b"
-CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'
 STUDY_A = "1.2.826.0.1.3680043.9101"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 SERIES = f"{STUDY_A}.1"
 INSTANCE = f"/dicomweb/studies/{STUDY_A}/series/{SERIES}/instances"
-
-
-def stow(client: TestClient, token: str, *parts: bytes) -> None:
-    body = b"".join(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in parts)
-    response = client.post(
-        "/dicomweb/studies", content=body + f"--{BOUNDARY}--\r\n".encode(),
-        headers={"Content-Type": CONTENT_TYPE, **bearer(token)},
-    )  # fmt: skip
-    assert response.status_code == 200, response.text
-
-
-def sr_blob(study_uid: str, series_uid: str, sop_uid: str) -> bytes:
-    """A small valid SR-like dataset, as a result object would be stored."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SOPClassUID, ds.SOPInstanceUID = COMPREHENSIVE_SR, sop_uid
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 900, 1
-    ds.SeriesDescription = "Sightline AI results"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def add_result_object(settings: Settings, study_uid: str) -> tuple[str, str, bytes]:
-    series_uid, sop_uid = f"{study_uid}.900", f"{study_uid}.900.1"
-    data = sr_blob(study_uid, series_uid, sop_uid)
-    key, _ = BlobStore(settings.storage_dir).put(data)
-    with unit_of_work(settings) as db:
-        study = db.query(Study).filter_by(study_instance_uid=study_uid).one()
-        db.add(
-            ResultObject(
-                study_id=study.id, generation=1, kind=ResultKind.sr, sop_class_uid=COMPREHENSIVE_SR,
-                sop_instance_uid=sop_uid, series_instance_uid=series_uid, blob_key=key, blob_size=len(data),
-            )
-        )  # fmt: skip
-    return series_uid, sop_uid, data
 
 
 def parts(response: httpx.Response) -> list[tuple[str | None, bytes]]:
@@ -96,7 +51,7 @@ def stored_testdata(name: str, number: int) -> bytes:
 @pytest.fixture()
 def originals(client: TestClient, tokens: dict[Role, str]) -> list[bytes]:
     stored = [mr_slice(STUDY_A, SERIES, 1), mr_slice(STUDY_A, SERIES, 2)]
-    stow(client, tokens[Role.ingest], *stored)
+    stow_all(client, tokens[Role.ingest], *stored)
     return stored
 
 
@@ -142,7 +97,7 @@ def test_metadata_has_bulk_data_uri_not_pixels(
 def test_frames_of_native_multiframe(client: TestClient, tokens: dict[Role, str]) -> None:
     frames = np.arange(3 * 128 * 128, dtype=np.uint16).reshape(3, 128, 128) % 4096
     data = dicom_variant(mr_slice(STUDY_A, SERIES, 1), NumberOfFrames=3, PixelData=frames.tobytes())
-    stow(client, tokens[Role.ingest], data)
+    stow_all(client, tokens[Role.ingest], data)
     response = get(client, tokens[Role.reader], f"{INSTANCE}/{SERIES}.1/frames/3,1")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith('multipart/related; type="application/octet-stream"')
@@ -157,7 +112,7 @@ def test_frames_of_native_multiframe(client: TestClient, tokens: dict[Role, str]
 @pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"])
 def test_compressed_frames_decode_like_pydicom(client: TestClient, tokens: dict[Role, str], name: str) -> None:
     data = stored_testdata(name, 5)
-    stow(client, tokens[Role.ingest], data)
+    stow_all(client, tokens[Role.ingest], data)
     expected = dcmread(io.BytesIO(data)).pixel_array
     count = int(dcmread(io.BytesIO(data)).get("NumberOfFrames") or 1)
     numbers = ",".join(str(n) for n in range(1, count + 1))
@@ -173,14 +128,14 @@ def test_frames_of_rle_multiframe(client: TestClient, tokens: dict[Role, str]) -
     ds.compress(RLELossless, generate_instance_uid=False)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    stow(client, tokens[Role.ingest], out.getvalue())
+    stow_all(client, tokens[Role.ingest], out.getvalue())
     response = get(client, tokens[Role.reader], f"{INSTANCE}/{SERIES}.1/frames/2,3")
     assert response.status_code == 200, response.text
     assert [content for _, content in parts(response)] == [frames[1].tobytes(), frames[2].tobytes()]
 
 
 def test_encapsulated_frames_as_stored_with_transfer_syntax_star(client: TestClient, tokens: dict[Role, str]) -> None:
-    stow(client, tokens[Role.ingest], stored_testdata("MR_small_RLE.dcm", 5))
+    stow_all(client, tokens[Role.ingest], stored_testdata("MR_small_RLE.dcm", 5))
     accept = 'multipart/related; type="image/dicom-rle"; transfer-syntax=*'
     response = get(client, tokens[Role.reader], f"{INSTANCE}/{SERIES}.5/frames/1", accept=accept)
     assert response.status_code == 200

@@ -33,7 +33,7 @@ from service.db.tables import (
 from service.db.triage import recompute_study
 from service.settings import Settings
 from service.storage import BlobStore
-from service.worklist.service import InvalidCursor, decode_cursor
+from service.worklist.cursor import InvalidCursor, decode_cursor
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 
@@ -188,23 +188,34 @@ def cursor_of(body: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
 
 
-GOOD_KEY = {"p": 1, "s": 0.5, "r": "2026-11-01T08:00:00+00:00", "i": str(uuid.UUID(int=7))}
+GOOD_KEY = {"v": 2, "p": -1, "s": -0.5, "r": "2026-11-01T08:00:00+00:00", "i": str(uuid.UUID(int=7))}
 BAD_KEYS = {
+    "version_missing": {"v": None},
+    "version_old": {"v": 1},
+    "version_string": {"v": "2"},
     "time_overflows_down": {"r": "0001-01-01T00:00:00+05:00"},
     "time_overflows_up": {"r": "9999-12-31T23:59:59-05:00"},
     "time_not_a_string": {"r": 5},
     "time_not_iso": {"r": "yesterday"},
-    "priority_huge": {"p": 10**30},
-    "priority_out_of_range": {"p": 3},
-    "priority_negative": {"p": -1},
-    "priority_bool": {"p": True},
-    "priority_float": {"p": 1.0},
+    "priority_huge": {"p": -(10**30)},
+    "priority_out_of_range": {"p": -3},
+    "priority_positive": {"p": 1},
+    "priority_bool": {"p": False},
+    "priority_float": {"p": -1.0},
     "score_string": {"s": "0.5"},
+    "score_null": {"s": None},
     "score_infinite": {"s": float("inf")},
     "score_nan": {"s": float("nan")},
     "id_int": {"i": 5},
     "id_not_uuid": {"i": "abc"},
 }
+
+
+def test_a_cursor_of_the_previous_format_is_400(client: TestClient, reader: dict[str, str]) -> None:
+    """Before the stored sort key a cursor held (clinical_priority, triage_score or null): refused, not misread."""
+    old = {"p": 1, "s": 0.5, "r": "2026-11-01T08:00:00+00:00", "i": str(uuid.UUID(int=7))}
+    response = client.get("/api/v1/worklist", params={"cursor": cursor_of(old)}, headers=reader)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_cursor")
 
 
 @pytest.mark.parametrize("case", list(BAD_KEYS))
@@ -220,7 +231,7 @@ def test_a_score_too_large_for_a_float_is_an_invalid_cursor() -> None:
         decode_cursor(cursor_of({**GOOD_KEY, "s": 10**400}))
 
 
-@pytest.mark.parametrize("score", [0.5, None, 1])
+@pytest.mark.parametrize("score", [-0.5, -1, 0, 1.0])
 def test_a_well_formed_cursor_is_accepted(client: TestClient, reader: dict[str, str], score: Any) -> None:
     cursor = cursor_of({**GOOD_KEY, "s": score})
     assert client.get("/api/v1/worklist", params={"cursor": cursor}, headers=reader).status_code == 200
