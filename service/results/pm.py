@@ -61,9 +61,8 @@ def _geometry(
     """The key frame's plane, given explicitly (highdicom would otherwise expect one map frame per source frame)."""
     geometry = frame_geometry(source, key_frame)
     if geometry.pixel_spacing is None or geometry.orientation is None or geometry.position is None:
-        if "NumberOfFrames" in source:
-            raise ValueError("multi-frame source lacks the key frame's pixel spacing, orientation or position")
-        return None, None, None  # highdicom copies what the single-frame source has
+        # A map needs a plane to lie on; highdicom cannot build one from a source without it.
+        raise ValueError("the key image lacks pixel spacing, orientation or position: no parametric map")
     patient = hd.CoordinateSystemNames.PATIENT
     return (
         hd.PixelMeasuresSequence(geometry.pixel_spacing, geometry.slice_thickness),

@@ -100,7 +100,7 @@ def publish_due(settings: Settings) -> int:
         try:
             with unit_of_work(settings) as db:
                 published += bool(publish_study(db, settings, study_id))
-        except (ValueError, AttributeError, KeyError, OSError) as exc:  # what a source's odd header can raise
+        except (ValueError, AttributeError, KeyError, OSError, RuntimeError) as exc:  # a source's odd header
             _give_up(settings, study_id, exc)
     return published
 
@@ -225,8 +225,8 @@ def _parametric_map(key: KeyImage, findings: StudyFindings, uids: dict[str, Any]
         return None
     try:
         return build_parametric_map(key.source, key.cam, findings, **uids)
-    except (ValueError, AttributeError) as exc:  # what highdicom raises on a header it cannot map
-        logger.warning("parametric map not built", extra={"result_id": str(key.result.id), "error": str(exc)})
+    except (ValueError, AttributeError, RuntimeError) as exc:  # highdicom on a header it cannot map
+        logger.warning("parametric map not built", extra={"result_id": str(key.result.id), "error": type(exc).__name__})
         return None
 
 

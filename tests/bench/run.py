@@ -8,7 +8,9 @@
 4. decode memory per megapixel (``decode_memory.py``), when that module is present;
 5. ingest into Sightline vs Orthanc (``ingest_vs_orthanc.py``) and a 150-slice study's
    turnaround with Orthanc as the PACS (``turnaround_orthanc.py``);
-6. worklist page latency over 10 k and 1 M studies (``worklist_scale.py``).
+6. worklist page latency over 10 k and 1 M studies (``worklist_scale.py``);
+7. worker scaling (2 processes / 1, processes vs threads) and worker memory over a bare
+   ONNX Runtime process (``worker_scaling.py``), with ``e2e_over_raw`` beside its aim.
 Rounds interleave raw and end-to-end measurements so that machine noise hits both; the
 figures are medians over rounds.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import turnaround_orthanc
+import worker_scaling
 import worklist_scale
 from end_to_end import push_and_wait, running_stack
 from helpers import services_available
@@ -66,6 +69,7 @@ def main() -> int:
                 study_runs.append(push_study_and_wait(stack, args.study_series, 100 + round_index, args.clients))
                 memory.append(process_tree_memory(stack.worker_pid))
             backend = stack.backend
+        scaling = worker_scaling.run(args.rounds, cache, production, images=args.images)  # after: one broker queue
     figures = _figures(latency, raw, raw_parallel, e2e, backend, args)
     figures["study_level"] = _study_figures(raw, raw_parallel, series_runs, study_runs, args)
     figures["worker_memory"] = _memory_figures(memory)
@@ -73,6 +77,7 @@ def main() -> int:
     figures["ingest_vs_orthanc"] = ingest_vs_orthanc_figures(args.rounds)
     figures["turnaround_orthanc"] = turnaround_orthanc.run(args.rounds, args.processes)
     figures["worklist_scale"] = worklist_scale.run()
+    figures["worker_scaling"] = {**scaling, "e2e_over_raw": figures["e2e_over_raw"]}
     _write(args.report, figures)
     print(json.dumps(figures, indent=2))
     return 0
@@ -198,6 +203,7 @@ def _write(path: Path, f: dict[str, Any]) -> None:
         _ingest_section(f["ingest_vs_orthanc"]),
         turnaround_orthanc.section(f["turnaround_orthanc"]),
         worklist_scale.section(f["worklist_scale"]),
+        worker_scaling.section(f["worker_scaling"]),
     ]
     path.write_text(_headline(f) + "".join(f"\n{section}" for section in sections))
     path.with_suffix(".json").write_text(json.dumps(f, indent=2) + "\n")

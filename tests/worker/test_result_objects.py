@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from helpers import StartListener, bearer, make_settings, mr_slice, run_queued, structured_report, upload
+from helpers import StartListener, bearer, make_mr_dicom, make_settings, mr_slice, run_queued, structured_report, upload
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     ExplicitVRLittleEndian,
@@ -313,3 +313,17 @@ def test_a_destination_refusing_one_sop_class_gets_the_others(
     assert outcome.pop(ResultKind.pm) == (DeliveryStatus.failed, 1, "no context")
     assert set(outcome.values()) == {(DeliveryStatus.delivered, 1, "0x0000")}
     assert len(received) == 3
+
+
+def test_a_key_image_without_a_plane_gets_every_object_but_the_map(
+    settings: Settings, tokens: dict[Role, str], classifier: Classifier
+) -> None:
+    """No Image Position/Orientation: the PM has no plane to lie on; the others do not need one,
+    and publishing never blocks on it (it used to raise inside highdicom on every sweep)."""
+    with TestClient(create_app(settings)) as client:
+        upload(client, tokens[Role.ingest], make_mr_dicom(lesion=(60, 60, 20), seed=5))
+    run_queued(settings, classifier)
+    sweep_quiet_series(settings)
+    assert sorted(o.kind for o in objects(settings)) == [ResultKind.pr, ResultKind.sc, ResultKind.sr]
+    with unit_of_work(settings) as db:
+        assert db.scalar(select(Study.results_due_at)) is None

@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from helpers import mr_slice
+from helpers import make_mr_dicom, mr_slice
 from pydicom import Dataset
 from pydicom.uid import (
     GrayscaleSoftcopyPresentationStateStorage,
@@ -285,10 +285,17 @@ def test_parametric_map_uids_and_refusals() -> None:
     del no_geometry.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
     for item in no_geometry.PerFrameFunctionalGroupsSequence:
         item.pop("PixelMeasuresSequence", None)
-    with pytest.raises(ValueError, match="lacks the key frame"):
+    with pytest.raises(ValueError, match="lacks pixel spacing, orientation or position"):
         build_parametric_map(
             no_geometry, cam, findings(key_frame=2), series_uid=new_uid(), instance_uid=new_uid(), series_number=1
         )
+    flat = pydicom.dcmread(BytesIO(make_mr_dicom(lesion=None)))  # a single frame with no plane at all
+    assert "ImagePositionPatient" not in flat
+    with pytest.raises(ValueError, match="lacks pixel spacing, orientation or position"):
+        build_parametric_map(
+            flat, np.zeros((flat.Rows, flat.Columns), np.float32), findings(), series_uid=new_uid(),
+            instance_uid=new_uid(), series_number=1,
+        )  # fmt: skip
 
 
 def test_new_uid_forms() -> None:
