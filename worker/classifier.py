@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.contract import check_model_contract
+from models.contract_process import check_in_subprocess
 from models.inference import Classifier
 from models.registry import get_manifest
 from service.settings import Settings
@@ -21,7 +21,9 @@ def load_classifier(settings: Settings) -> Classifier:
         manifest = manifest.model_copy(update={"cam_method": settings.cam_method})
     threads = settings.onnx_threads or None
     classifier = Classifier(manifest, cache_dir=settings.model_cache_dir, intra_op_threads=threads)
-    check_model_contract(manifest, classifier.model_path, classifier.cam_ready_path)  # refuse a broken model at start
+    # Refuse a broken model at start; checked in a subprocess, whose extra sessions' memory
+    # would otherwise stay in every worker process's heap.
+    check_in_subprocess(manifest, classifier.model_path, classifier.cam_ready_path)
     return classifier
 
 

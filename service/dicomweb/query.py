@@ -27,7 +27,7 @@ MAX_LIMIT = 1000  # a page never holds more than this, whatever ``limit`` asks
 MAX_DIGITS = 12  # limit/offset beyond this are refused at parsing, before SQL (bigint-safe)
 _CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
 # Modality of a result object's series, by kind (PS3.3 C.7.3.1.1.1 defined terms; SC is "OT").
-RESULT_MODALITY = {ResultKind.sr: "SR", ResultKind.sc: "OT", ResultKind.pr: "PR"}
+RESULT_MODALITY = {ResultKind.sr: "SR", ResultKind.sc: "OT", ResultKind.pr: "PR", ResultKind.pm: "OT"}
 
 
 class Level(IntEnum):

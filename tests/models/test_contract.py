@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import models.cam_ready as cam_ready
 from models.cam_ready import BUILDER_HASH, BUILDER_SOURCES, builder_hash, cam_ready_path, make_cam_ready
 from models.contract import check_model_contract
+from models.contract_process import check_in_subprocess
 from models.errors import ModelContractError
 from models.manifest import ModelManifest, file_sha256, resolve_model_path
 from models.registry import get_manifest
@@ -363,3 +364,13 @@ def test_cache_path_changes_with_the_builder_hash(monkeypatch: pytest.MonkeyPatc
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_the_check_in_a_subprocess_passes_and_refuses_like_the_check_itself(tmp_path: Path) -> None:
+    """What a worker runs at start (``models.contract_process``): the same verdict and message,
+    with the check's extra sessions in a process that exits."""
+    good = toy_manifest()
+    check_in_subprocess(good, *prepare(classifier(), good, tmp_path / "good"))
+    bad = toy_manifest(labels=["glioma", "meningioma", "notumor"], tumour_labels=["glioma", "meningioma"])
+    with pytest.raises(ModelContractError, match=r"output 'probs' has 4 classes \(static shape \['N', 4\]\), but"):
+        check_in_subprocess(bad, *prepare(classifier(), bad, tmp_path / "bad"))
