@@ -251,3 +251,17 @@ def stow_all(client: TestClient, token: str, *parts: bytes) -> None:
     headers = {"Content-Type": STOW_CONTENT_TYPE, **bearer(token)}
     response = client.post("/dicomweb/studies", content=stow_body(*parts), headers=headers)
     assert response.status_code == 200, response.text
+
+
+def grey_mr_dataset(side: int) -> Dataset:
+    """A square 16-bit (12 stored) MR header with rescale and window, without pixel data."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    ds.WindowCenter, ds.WindowWidth = 600, 2400
+    return ds

@@ -45,15 +45,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from helpers import grey_mr_dataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
-    MRImageStorage,
     RLELossless,
-    generate_uid,
 )
 
 from models.synthetic import Lesion, synthetic_slice
@@ -161,19 +159,6 @@ def _picture(side: int, dtype: type[np.uint8] | type[np.uint16]) -> np.ndarray:
     return picture
 
 
-def _grey_dataset(side: int) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
-    ds.WindowCenter, ds.WindowWidth = 600, 2400
-    return ds
-
-
 def _dicom_bytes(ds: Dataset) -> bytes:
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
@@ -181,26 +166,26 @@ def _dicom_bytes(ds: Dataset) -> bytes:
 
 
 def _native_dicom(side: int) -> bytes:
-    ds = _grey_dataset(side)
+    ds = grey_mr_dataset(side)
     ds.PixelData = _picture(side, np.uint16).astype("<u2").tobytes()
     return _dicom_bytes(ds)
 
 
 def _rle_dicom(side: int) -> bytes:
     """PS3.5 Annex G; pydicom picks an installed RLE encoder (pylibjpeg-rle, else its own)."""
-    ds = _grey_dataset(side)
+    ds = grey_mr_dataset(side)
     ds.compress(UID(RLELossless), _picture(side, np.uint16))
     return _dicom_bytes(ds)
 
 
 def _jpegls_dicom(side: int) -> bytes:
-    ds = _grey_dataset(side)
+    ds = grey_mr_dataset(side)
     ds.compress(UID(JPEGLSLossless), _picture(side, np.uint16))
     return _dicom_bytes(ds)
 
 
 def _j2k_dicom(side: int) -> bytes:
-    ds = _grey_dataset(side)
+    ds = grey_mr_dataset(side)
     ds.compress(UID(JPEG2000Lossless), _picture(side, np.uint16))
     return _dicom_bytes(ds)
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import grey_mr_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
+from pydicom.uid import MRImageStorage, RLELossless, generate_uid
 
 from models.dicom_pixels import dicom_decode_bytes
 from models.errors import DecompressionBomb, ImageTooLarge
@@ -69,15 +70,7 @@ def rle_dicom(side: int) -> bytes:
 
 
 def native_dicom(side: int) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
-    ds.WindowCenter, ds.WindowWidth = 600, 2400
+    ds = grey_mr_dataset(side)
     ds.PixelData = np.random.default_rng(1).integers(0, 4096, (side, side), dtype=np.uint16).tobytes()
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
