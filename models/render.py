@@ -51,6 +51,12 @@ def resize_map(cam: CamMap, size: tuple[int, int]) -> CamMap:
     return np.maximum(resized, 0.0, out=resized)
 
 
+def map_levels01(cam: CamMap) -> CamMap:
+    """The raw map over its own maximum (0..1); all zeros when the map is flat at zero."""
+    strength = float(cam.max())
+    return cam / strength if strength > 0 else np.zeros_like(cam)
+
+
 def heatmap_rgb(levels01: CamMap, colormap: int = cv2.COLORMAP_JET) -> RgbImage:
     """A 0..1 map (already at the image's size) coloured: JET, 0 = blue, 1 = red."""
     levels = np.round(np.clip(levels01, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -23,7 +23,16 @@ from models.analysis import InstanceAnalysis, analyse_object
 from models.errors import ModelLibraryError
 from models.inference import Classifier
 from models.manifest import ModelManifest
-from models.render import BoundingBox, encode_png, heatmap_rgb, map_levels, outline, outline_layer, overlay
+from models.render import (
+    BoundingBox,
+    encode_png,
+    heatmap_rgb,
+    map_levels,
+    map_levels01,
+    outline,
+    outline_layer,
+    overlay,
+)
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import AnalysisResult, JobStatus, SliceScore
 from service.logging_setup import error_frames
@@ -177,8 +186,7 @@ def render_images(analysis: InstanceAnalysis, settings: Settings) -> tuple[dict[
     fade and toggle them over the original itself.
     """
     pixels, cam = analysis.display, analysis.cam
-    strength = float(cam.max())
-    levels = cam / strength if strength > 0 else np.zeros_like(cam)
+    levels = map_levels01(cam)
     outlined, bbox = outline(pixels, analysis.region.mask)
     images = {
         "original": pixels,

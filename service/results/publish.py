@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from models.analysis import cam_at_image
 from models.errors import InvalidManifest, UnknownModel
 from models.registry import get_manifest
+from models.render import map_levels01
 from service.db.series_state import lock_study
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import (
@@ -177,8 +178,7 @@ def _key_cam(db: Session, settings: Settings, result: AnalysisResult, shape: tup
         return None  # the model's centre crop (where its map lies) is no longer known
     raw = np.frombuffer(row.cam, dtype=np.float32).reshape(row.cam_rows, row.cam_columns)
     cam = cam_at_image(raw, shape, manifest.center_crop)
-    strength = float(cam.max())
-    return cam / strength if strength > 0 else np.zeros_like(cam)
+    return map_levels01(cam)
 
 
 def findings_of(study: Study, result: AnalysisResult) -> StudyFindings:
