@@ -23,7 +23,7 @@ $(VENV)/.runtime: $(BIN)/python requirements.lock pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.lock
-	$(PIP) install --quiet --require-hashes $(FIND_LINKS) -r requirements-test.lock
+	$(PIP) install --quiet --require-hashes --no-deps $(FIND_LINKS) -r requirements-test.lock
 	touch $@
 
 # Regenerate both locks after changing pyproject.toml's dependencies (needs network: PyPI, and the torch CPU
@@ -33,7 +33,8 @@ $(BIN)/uv: $(BIN)/python
 
 lock: $(BIN)/uv
 	$(UV_COMPILE) -o requirements.lock
-	$(UV_COMPILE) --extra test -c requirements.lock $(FIND_LINKS) -o requirements-test.lock
+	$(UV_COMPILE) --extra test --extra train -c requirements.lock $(FIND_LINKS) --no-emit-package torchvision \
+	  -o requirements-test.lock
 
 demo: $(VENV)/.runtime  ## the whole system on http://127.0.0.1:8000 with synthetic samples
 	$(BIN)/sightline demo

@@ -1,7 +1,7 @@
 """requirements.lock and requirements-test.lock agree with pyproject.toml (regenerate them with ``make lock``).
 
-Every direct dependency (``[project] dependencies`` in the runtime lock; those plus the ``test`` extra in
-the test lock) is pinned with ``==`` to a version its specifier admits, every pin carries hashes, the two
+Every direct dependency (``[project] dependencies`` in the runtime lock; those plus the ``test`` and ``train``
+extras in the test lock) is pinned with ``==`` to a version its specifier admits, every pin carries hashes, the two
 locks agree on the packages they share, and the image and the Makefile install from them hash-checked.
 """
 
@@ -45,7 +45,8 @@ def _requirements(*groups: list[str]) -> list[Requirement]:
 
 
 RUNTIME = _requirements(PYPROJECT["project"]["dependencies"])
-TEST = _requirements(PYPROJECT["project"]["dependencies"], PYPROJECT["project"]["optional-dependencies"]["test"])
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+TEST = _requirements(PYPROJECT["project"]["dependencies"], EXTRAS["test"], EXTRAS["train"])
 
 
 @pytest.mark.parametrize(
@@ -97,5 +98,11 @@ def test_image_and_makefile_install_from_the_locks() -> None:
     assert "pip install --no-deps /wheels/sightline-" in dockerfile
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     assert "--require-hashes -r requirements.lock" in makefile
-    assert "--require-hashes $(FIND_LINKS) -r requirements-test.lock" in makefile
+    assert "--require-hashes --no-deps $(FIND_LINKS) -r requirements-test.lock" in makefile
     assert re.search(r"^lock:", makefile, re.MULTILINE)
+
+
+def test_torchvision_is_left_out() -> None:
+    """PyPI's torchvision cannot load beside the CPU torch; tests/reference stands in for its import."""
+    assert "torchvision" not in _pins(TEST_LOCK)
+    assert "--no-emit-package torchvision" in (REPO / "Makefile").read_text(encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Independent references the explanation engine is checked against (test-only; never imported by the product)."""
