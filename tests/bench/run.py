@@ -10,7 +10,10 @@
    turnaround with Orthanc as the PACS (``turnaround_orthanc.py``);
 6. worklist page latency over 10 k and 1 M studies (``worklist_scale.py``);
 7. worker scaling (2 processes / 1, processes vs threads) and worker memory over a bare
-   ONNX Runtime process (``worker_scaling.py``), with ``e2e_over_raw`` beside its aim.
+   ONNX Runtime process (``worker_scaling.py``), with ``e2e_over_raw`` beside its aim;
+8. every explanation method's latency over plain inference, all tumour classes in one run,
+   and Grad-CAM / Score-CAM against pytorch-grad-cam on the same weights
+   (``explanation_methods.py``).
 Rounds interleave raw and end-to-end measurements so that machine noise hits both; the
 figures are medians over rounds.
 """
@@ -28,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import explanation_methods
 import turnaround_orthanc
 import worker_scaling
 import worklist_scale
@@ -78,6 +82,7 @@ def main() -> int:
     figures["turnaround_orthanc"] = turnaround_orthanc.run(args.rounds, args.processes)
     figures["worklist_scale"] = worklist_scale.run()
     figures["worker_scaling"] = {**scaling, "e2e_over_raw": figures["e2e_over_raw"]}
+    figures["explanation_methods"] = explanation_methods.run(rounds=max(args.rounds, 5))
     _write(args.report, figures)
     print(json.dumps(figures, indent=2))
     return 0
@@ -204,6 +209,7 @@ def _write(path: Path, f: dict[str, Any]) -> None:
         turnaround_orthanc.section(f["turnaround_orthanc"]),
         worklist_scale.section(f["worklist_scale"]),
         worker_scaling.section(f["worker_scaling"]),
+        explanation_methods.section(f["explanation_methods"]),
     ]
     path.write_text(_headline(f) + "".join(f"\n{section}" for section in sections))
     path.with_suffix(".json").write_text(json.dumps(f, indent=2) + "\n")
