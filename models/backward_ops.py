@@ -1,15 +1,20 @@
 """Reverse-mode derivatives of ONNX ops, emitted as ONNX nodes.
 
-Each function receives the node and the gradient of its first output and returns one
-gradient name (or ``None``) per input. ``BACKWARD_OPS`` is the registry ``cam_ready``
+Each function receives the node and the gradient of its first output (ops of several
+outputs, in ``MULTI_OUTPUT_OPS``, one gradient per output) and returns one gradient name
+(or ``None``) per input. ``BACKWARD_OPS`` is the registry ``cam_ready``
 walks; an op missing from it cannot sit between the CAM layer and the class score.
 """
 
 import numpy as np
 import onnx
 
-from models.backward_context import BackwardContext, GradFn, attr, unbroadcast, unbroadcast_dynamic
+from models.backward_activations import ACTIVATION_OPS
+from models.backward_context import BackwardContext, GradFn, attr, unbroadcast, unbroadcast_dynamic, where
+from models.backward_conv import CONV_OPS
 from models.backward_pool import POOLING_OPS
+from models.backward_reduce import REDUCE_OPS
+from models.backward_shape import MULTI_OUTPUT_OPS, SHAPE_OPS
 from models.errors import UnsupportedCamOp
 
 
@@ -19,7 +24,7 @@ def _pass_through(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> lis
 
 def _dropout(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> list[str | None]:
     if len(node.input) > 2 and node.input[2]:
-        raise UnsupportedCamOp(f"Dropout node {node.name!r} has a training_mode input; export in eval mode")
+        raise UnsupportedCamOp(f"{where(node)} has a training_mode input; export in eval mode")
     return _pass_through(ctx, node, d_out)
 
 
@@ -27,12 +32,6 @@ def _reshape_like_input(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) 
     """Reshape, Flatten, Squeeze, Unsqueeze only move elements: reshape the gradient back."""
     grad = ctx.emit("Reshape", [d_out, ctx.emit("Shape", [node.input[0]])])
     return [grad] + [None] * (len(node.input) - 1)
-
-
-def _relu(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> list[str | None]:
-    zero = ctx.constant(0.0)
-    positive = ctx.emit("Greater", [node.output[0], zero])
-    return [ctx.emit("Where", [positive, d_out, zero])]
 
 
 def _transpose(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> list[str | None]:
@@ -77,7 +76,7 @@ def _div(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> list[str | N
 def _swap_last_two(ctx: BackwardContext, tensor: str, node: onnx.NodeProto) -> str:
     rank = ctx.rank(tensor)
     if rank is None or rank < 2:
-        raise UnsupportedCamOp(f"MatMul node {node.name!r}: operand {tensor!r} needs a known rank >= 2")
+        raise UnsupportedCamOp(f"{where(node)}: operand {tensor!r} needs a known rank >= 2")
     perm = [*range(rank - 2), rank - 1, rank - 2]
     return ctx.emit("Transpose", [tensor], perm=perm)
 
@@ -108,7 +107,7 @@ def _unbroadcast_batch(ctx: BackwardContext, grad: str, target: str, other: str)
 def _gemm(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> list[str | None]:
     """Y = alpha * op(A) @ op(B) + beta * C with only A on the gradient path."""
     if any(ctx.is_diff(name) for name in node.input[1:]):
-        raise UnsupportedCamOp(f"Gemm node {node.name!r}: only input A may depend on the CAM layer")
+        raise UnsupportedCamOp(f"{where(node)}: only input A may depend on the CAM layer")
     b = node.input[1]
     alpha = float(attr(node, "alpha", 1.0))  # type: ignore[arg-type]
     trans_b = int(attr(node, "transB", 0))  # type: ignore[call-overload]
@@ -120,7 +119,6 @@ def _gemm(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> list[str | 
 
 
 BACKWARD_OPS: dict[str, GradFn] = {
-    "Relu": _relu,
     "Add": _add,
     "Sub": _sub,
     "Mul": _mul,
@@ -135,4 +133,10 @@ BACKWARD_OPS: dict[str, GradFn] = {
     "Identity": _pass_through,
     "Dropout": _dropout,
     **POOLING_OPS,
+    **ACTIVATION_OPS,
+    **CONV_OPS,
+    **REDUCE_OPS,
+    **SHAPE_OPS,
 }
+SUPPORTED_OPS = frozenset({*BACKWARD_OPS, *MULTI_OUTPUT_OPS})
+__all__ = ["BACKWARD_OPS", "MULTI_OUTPUT_OPS", "SUPPORTED_OPS"]

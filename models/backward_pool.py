@@ -11,7 +11,7 @@ import math
 import numpy as np
 import onnx
 
-from models.backward_context import BackwardContext, GradFn, attr
+from models.backward_context import BackwardContext, GradFn, attr, where
 from models.errors import UnsupportedCamOp
 
 
@@ -24,7 +24,7 @@ def _max_pool(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> list[st
                 del node.attribute[index]
                 break
     elif int(attr(node, "storage_order", 0)):  # type: ignore[call-overload]
-        raise UnsupportedCamOp(f"MaxPool node {node.name!r}: column-major Indices are not supported")
+        raise UnsupportedCamOp(f"{where(node)}: column-major Indices are not supported")
     flat = ctx.constant([-1], np.int64)
     x = node.input[0]
     size = ctx.emit("Reshape", [ctx.emit("Size", [x]), ctx.constant([1], np.int64)])
@@ -52,7 +52,7 @@ def _average_pool(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> lis
     x_shape = ctx.shapes.get(node.input[0])
     y_shape = ctx.shapes.get(node.output[0])
     if x_shape is None or y_shape is None or not all(isinstance(d, int) for d in (*x_shape[1:], *y_shape[2:])):
-        raise UnsupportedCamOp(f"AveragePool node {node.name!r}: channels and spatial sizes must be static")
+        raise UnsupportedCamOp(f"{where(node)}: channels and spatial sizes must be static")
     channels = int(x_shape[1])  # type: ignore[arg-type]
     rank = len(kernel)
     output_padding = [
@@ -74,13 +74,13 @@ def _average_pool(ctx: BackwardContext, node: onnx.NodeProto, d_out: str) -> lis
 
 def _check_average_pool(node: onnx.NodeProto, pads: list[int]) -> None:
     if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise UnsupportedCamOp(f"AveragePool node {node.name!r}: auto_pad is not supported; use explicit pads")
+        raise UnsupportedCamOp(f"{where(node)}: auto_pad is not supported; use explicit pads")
     if int(attr(node, "ceil_mode", 0)):  # type: ignore[call-overload]
-        raise UnsupportedCamOp(f"AveragePool node {node.name!r}: ceil_mode=1 is not supported")
+        raise UnsupportedCamOp(f"{where(node)}: ceil_mode=1 is not supported")
     if any(int(d) != 1 for d in attr(node, "dilations", [])):  # type: ignore[attr-defined]
-        raise UnsupportedCamOp(f"AveragePool node {node.name!r}: dilations are not supported")
+        raise UnsupportedCamOp(f"{where(node)}: dilations are not supported")
     if any(pads) and not int(attr(node, "count_include_pad", 0)):  # type: ignore[call-overload]
-        raise UnsupportedCamOp(f"AveragePool node {node.name!r}: padding needs count_include_pad=1")
+        raise UnsupportedCamOp(f"{where(node)}: padding needs count_include_pad=1")
 
 
 POOLING_OPS: dict[str, GradFn] = {

@@ -33,8 +33,11 @@ _FLOAT64_OPS = frozenset(
     {
         *("Relu", "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "MaxPool", "Transpose", "Reshape", "Flatten"),
         *("Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Gather", "Slice", "Concat"),
+        *("BatchNormalization", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Softmax", "Split", "Pad", "Expand"),
+        *("ReduceMean", "ReduceMax", "ReduceSum"),
     }
-)  # ONNX Runtime 1.2x CPU kernels; AveragePool and GlobalAveragePool have none for float64
+)  # ONNX Runtime 1.2x CPU kernels, each checked by building a float64 session (tests/models/test_cam_contract.py);
+# Conv, ConvTranspose, AveragePool, GlobalAveragePool, GlobalMaxPool, HardSigmoid, HardSwish, LSTM, GRU have none
 
 FloatArray = npt.NDArray[np.floating]
 

@@ -74,6 +74,18 @@ def trace_layout(graph: onnx.GraphProto, tensor: str, inputs: Mapping[str, Permu
     return known.get(tensor) or _undeclared(tensor)
 
 
+def trace_layouts(graph: onnx.GraphProto, inputs: Mapping[str, Permutation] | None = None) -> dict[str, Layout]:
+    """The layout of every tensor ``trace_layout`` reaches, in one pass over the whole graph."""
+    constants = {init.name for init in graph.initializer}
+    constants |= {node.output[0] for node in graph.node if node.op_type == "Constant"}
+    known = {name: Layout(permutation, f"model input {name!r}") for name, permutation in (inputs or {}).items()}
+    for node in graph.node:
+        traced = [known.get(name) or _undeclared(name) for name in node.input if name and name not in constants]
+        layout = _node_layout(node, traced)
+        known.update((name, layout) for name in node.output if name)
+    return known
+
+
 def _undeclared(name: str) -> Layout:
     return Layout(None, f"model input {name!r}, whose layout is not declared")
 

@@ -27,6 +27,7 @@ from onnx import helper
 from models.backward_context import Shape
 from models.cam_head import CamHead, class_score
 from models.cam_layout import LAYOUTS, NCHW, Permutation, trace_layout
+from models.cam_path import default_cam_layer
 from models.cam_ready import ACTIVATIONS, GRADIENTS, PROBABILITIES, TARGET_CLASS
 from models.errors import ModelContractError
 from models.manifest import ModelManifest, file_sha256
@@ -67,7 +68,8 @@ class ContractReport:
 def check_model_contract(manifest: ModelManifest, model_path: Path, cam_path: Path, *, seed: int = 0) -> ContractReport:
     """Refuse a model that breaks the contract, before it is ever used; report what was measured."""
     model = onnx.load(str(model_path))
-    permutation, layout_name = _check_static(model, manifest)
+    cam_layer = manifest.cam_layer or default_cam_layer(model, manifest.output_name)
+    permutation, layout_name = _check_static(model, manifest, cam_layer)
     rng = np.random.default_rng(seed)
     batch = preprocess(rng.integers(0, 256, (*manifest.input_size, 3), dtype=np.uint8), manifest)
     score = class_score(model.graph, manifest.output_name)
@@ -76,9 +78,9 @@ def check_model_contract(manifest: ModelManifest, model_path: Path, cam_path: Pa
     target = int(np.argmax(plain[0]))
     feeds = {manifest.input_name: batch, TARGET_CLASS: np.array([target], dtype=np.int64)}
     probabilities, activations, gradients = _session(cam_path).run([PROBABILITIES, ACTIVATIONS, GRADIENTS], feeds)
-    _check_rank(manifest.cam_layer, activations.shape, "at run time")
+    _check_rank(cam_layer, activations.shape, "at run time")
     plain_diff = _check_close(probabilities, plain, CAM_READY_TOLERANCE, "the plain model's output")
-    head = CamHead.cut(model, manifest.cam_layer, score, permutation, {manifest.input_name: batch})
+    head = CamHead.cut(model, cam_layer, score, permutation, {manifest.input_name: batch})
     scores = head.scores(activations)
     through_head = _softmax(scores) if ends_in_softmax or not manifest.output_is_probability else scores
     head_diff = _check_close(probabilities, through_head, HEAD_TOLERANCE, "the head evaluated at the activations")
@@ -115,13 +117,13 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _check_static(model: onnx.ModelProto, manifest: ModelManifest) -> tuple[Permutation, str]:
+def _check_static(model: onnx.ModelProto, manifest: ModelManifest, cam_layer: str) -> tuple[Permutation, str]:
     """Rank, layout and class count from the graph alone, before anything runs."""
-    shapes = _static_shapes(model, (manifest.cam_layer, manifest.output_name))
-    cam_shape, output_shape = shapes[manifest.cam_layer], shapes[manifest.output_name]
+    shapes = _static_shapes(model, (cam_layer, manifest.output_name))
+    cam_shape, output_shape = shapes[cam_layer], shapes[manifest.output_name]
     if cam_shape is not None:
-        _check_rank(manifest.cam_layer, cam_shape, "static shape")
-    permutation, layout_name = _check_layout(model.graph, manifest)
+        _check_rank(cam_layer, cam_shape, "static shape")
+    permutation, layout_name = _check_layout(model.graph, manifest, cam_layer)
     if output_shape is not None:
         _check_class_count(manifest, output_shape, "static shape")
     return permutation, layout_name
@@ -135,9 +137,8 @@ def _check_rank(cam_layer: str, shape: Shape, where: str) -> None:
         )
 
 
-def _check_layout(graph: onnx.GraphProto, manifest: ModelManifest) -> tuple[Permutation, str]:
+def _check_layout(graph: onnx.GraphProto, manifest: ModelManifest, cam_layer: str) -> tuple[Permutation, str]:
     """Known from a convolution, pooling or the declared input; NCHW in the CAM-ready outputs."""
-    cam_layer = manifest.cam_layer
     layout = trace_layout(graph, cam_layer, {manifest.input_name: LAYOUTS[manifest.input_layout]})
     if layout.permutation is None:
         raise ModelContractError(

@@ -12,9 +12,11 @@ from service.dicomweb.qido import router as qido_router
 from service.dicomweb.stow import router as dicomweb_router
 from service.dicomweb.wado import router as wado_router
 from service.errors import DATABASE_RESPONSES, install_error_handlers
+from service.explanations.routes import router as explanations_router
 from service.health.routes import router as health_router
 from service.http_guard import HttpGuard
 from service.ingest.routes import router as ingest_router
+from service.registry.routes import router as models_router
 from service.settings import Settings, get_settings
 from service.web.routes import router as web_router
 from service.web.security import install_security_headers
@@ -53,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(qido_router, prefix="/dicomweb", responses=DATABASE_RESPONSES)
     app.include_router(wado_router, prefix="/dicomweb", responses=DATABASE_RESPONSES)
     app.include_router(workflow_router, prefix="/api/v1", responses=DATABASE_RESPONSES)
+    app.include_router(models_router, prefix="/api/v1", responses=DATABASE_RESPONSES)
+    app.include_router(explanations_router, prefix="/api/v1", responses=DATABASE_RESPONSES)
     app.include_router(ups_router, prefix="/dicomweb", responses=DATABASE_RESPONSES)
     app.include_router(web_router)
     return app

@@ -74,12 +74,18 @@ def _celery(argv: list[str]) -> int:
 def _worker(args: argparse.Namespace) -> int:
     """The pool's children count the job metrics; the main process serves them all from a
     prometheus multiprocess directory (a fresh one unless ``PROMETHEUS_MULTIPROC_DIR`` is set).
-    It must be in the environment before Celery imports prometheus_client, hence here."""
-    if get_settings().worker_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    It must be in the environment before Celery imports prometheus_client, hence here.
+    The worker consumes the queue of its model (``SIGHTLINE_WORKER_MODEL``, ``service.queue.analysis_queue``)."""
+    from service.active_model import worker_model
+    from service.queue import analysis_queue
+
+    settings = get_settings()
+    queue = analysis_queue(worker_model(settings), settings)
+    if settings.worker_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import tempfile
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sightline-metrics-")
-    return _celery(["worker", "-Q", "analysis", "--without-gossip", "--without-mingle", *args.celery_args])
+    return _celery(["worker", "-Q", queue, "--without-gossip", "--without-mingle", *args.celery_args])
 
 
 def _beat(args: argparse.Namespace) -> int:
@@ -149,7 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cli_operations.keys_revoke)
 
     models = sub.add_parser("models", help="registered models").add_subparsers(dest="models_command", required=True)
-    models.add_parser("list", help="list registered model manifests").set_defaults(func=cli_models.models_list)
+    models.add_parser("list", help="installed model versions and their roles").set_defaults(func=cli_models.models_list)
+    install = models.add_parser("install", help="deploy a model version (active if none is, else --shadow)")
+    install.add_argument("name")
+    install.add_argument("version")
+    install.add_argument("--shadow", action="store_true", help="score and store, never show to readers")
+    route_help = "modality, body_part, series_description or sop_class_uid; a glob, or re:REGEX"
+    install.add_argument("--route", action="append", default=[], metavar="ATTRIBUTE=PATTERN", help=route_help)
+    install.set_defaults(func=cli_models.models_install)
+    changes = {"promote": "make a version active (the active one becomes shadow)", "retire": "stop scoring a version"}
+    for verb, text in changes.items():
+        change = models.add_parser(verb, help=text)
+        change.add_argument("name")
+        change.add_argument("version")
+        change.set_defaults(func=getattr(cli_models, f"models_{verb}"))
+    models.add_parser("agreement", help="shadow vs active and reader agreement (JSON)").set_defaults(
+        func=cli_models.models_agreement
+    )
     models.add_parser("prepare", help="build the CAM-ready model into the cache").set_defaults(
         func=cli_models.models_prepare
     )

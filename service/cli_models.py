@@ -1,4 +1,5 @@
-"""``sightline models``: list, prepare (build + contract check), evaluate and calibrate."""
+"""``sightline models``: list, prepare (build + contract check), evaluate, calibrate, and the
+registry: install, promote, retire and agreement (``service.registry``)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,118 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.orm import Session
+
     from models.evaluation import FolderPredictions
     from models.manifest import ModelManifest
+    from service.active_model import ModelKey
 
 
 def models_list(_: argparse.Namespace) -> int:
-    from models.registry import list_manifests
+    """Every installed manifest version; ``*`` marks the active one, ``role=`` its deployment
+    role (``-``: not deployed). Without a reachable, migrated database the configured model is
+    taken as active, so the listing works before ``sightline migrate``."""
+    from models.registry import list_versions
 
     settings = get_settings()
     extra = [settings.model_manifest_dir] if settings.model_manifest_dir else []
-    for manifest in list_manifests(extra).values():
-        marker = "*" if manifest.name == settings.model_name else " "
-        print(f"{marker} {manifest.name} {manifest.version} sha256={manifest.sha256[:12]} labels={manifest.labels}")
+    roles = _deployment_roles(settings)
+    for (name, version), manifest in list_versions(extra).items():
+        role = roles.get((name, version), "-")
+        marker = "*" if role == "active" else " "
+        print(f"{marker} {name} {version} sha256={manifest.sha256[:12]} labels={manifest.labels} role={role}")
+    return 0
+
+
+def _deployment_roles(settings: Settings) -> dict[tuple[str, str], str]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db.session import unit_of_work
+    from service.registry.service import deployment_views
+
+    try:
+        with unit_of_work(settings) as db:
+            views = deployment_views(db, settings)
+    except SQLAlchemyError:
+        from service.active_model import configured_model
+
+        configured = configured_model(settings)
+        return {(configured.name, configured.version): "active"}
+    return {(view.model_name, view.model_version): view.role.value for view in views}
+
+
+def _actor() -> str:
+    """Who ran the command, for the audit trail: the operating-system user."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _deployment_command(run: Callable[[Session, Settings, ModelKey], str], args: argparse.Namespace) -> int:
+    """Run one registry change in one unit of work; refusals are one line on stderr, exit 1."""
+    from models.errors import ModelLibraryError
+    from service.active_model import ModelKey
+    from service.db.session import unit_of_work
+    from service.errors import SightlineError
+
+    settings = get_settings()
+    try:
+        with unit_of_work(settings) as db:
+            message = run(db, settings, ModelKey(args.name, args.version))
+    except (SightlineError, ModelLibraryError) as exc:
+        print(f"sightline: error: {exc}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
+def models_install(args: argparse.Namespace) -> int:
+    """Install NAME VERSION as active (only when no version is active yet) or ``--shadow``."""
+    from service.registry.routing import parse_rules
+    from service.registry.service import install
+
+    def run(db: Session, settings: Settings, key: ModelKey) -> str:
+        row = install(db, settings, key, shadow=args.shadow, rules=parse_rules(args.route), actor=_actor())
+        return f"installed {key} as {row.role.value}; routing {row.routing_rules or 'everything in scope'}"
+
+    return _deployment_command(run, args)
+
+
+def models_promote(args: argparse.Namespace) -> int:
+    """Make NAME VERSION active; the previous active version becomes a shadow."""
+    from service.registry.service import promote
+
+    def run(db: Session, settings: Settings, key: ModelKey) -> str:
+        previous, retriaged = promote(db, settings, key, actor=_actor())
+        return f"promoted {key} (was {previous}, now shadow); re-triaged {retriaged} studies from stored slices"
+
+    return _deployment_command(run, args)
+
+
+def models_retire(args: argparse.Namespace) -> int:
+    """Stop scoring with NAME VERSION; its queued jobs are cancelled."""
+    from service.registry.service import retire
+
+    def run(db: Session, settings: Settings, key: ModelKey) -> str:
+        return f"retired {key}; cancelled {retire(db, settings, key, actor=_actor())} queued jobs"
+
+    return _deployment_command(run, args)
+
+
+def models_agreement(_: argparse.Namespace) -> int:
+    """Print the agreement report (``GET /api/v1/models/agreement``) as JSON."""
+    from service.db.session import unit_of_work
+    from service.registry.agreement import agreement_report
+
+    settings = get_settings()
+    with unit_of_work(settings) as db:
+        report = agreement_report(db, settings)
+    print(report.model_dump_json(indent=2))
     return 0
 
 
@@ -32,13 +130,17 @@ def models_prepare(_: argparse.Namespace) -> int:
     from models.contract import check_model_contract
     from models.errors import ModelContractError
     from models.inference import Classifier
-    from models.registry import get_manifest
+    from models.registry import get_manifest_version
+    from service.active_model import worker_model
 
     settings = get_settings()
     settings.ensure_dirs()
     extra = [settings.model_manifest_dir] if settings.model_manifest_dir else []
     try:
-        classifier = Classifier(get_manifest(settings.model_name, extra), cache_dir=settings.model_cache_dir)
+        model = worker_model(settings)  # the model this host's workers run
+        classifier = Classifier(
+            get_manifest_version(model.name, model.version, extra), cache_dir=settings.model_cache_dir
+        )
         report = check_model_contract(classifier.manifest, classifier.model_path, classifier.cam_ready_path)
     except ModelContractError as exc:
         print(f"sightline: model refused: {exc}", file=sys.stderr)

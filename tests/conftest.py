@@ -82,7 +82,8 @@ def pg_settings(tmp_path: Path, pg_database_url: str) -> Iterator[Settings]:
     yield settings
     engine = create_engine(pg_database_url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE analysis_results, analysis_jobs, instances, series, studies, api_tokens CASCADE"))
+        tables = "analysis_results, analysis_jobs, instances, series, studies, api_tokens, model_deployments"
+        conn.execute(text(f"TRUNCATE {tables} CASCADE"))
     engine.dispose()
 
 

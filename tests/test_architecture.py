@@ -1,4 +1,8 @@
-"""The arrows point one way: service/worker -> models, worker -> service, never back; no torch."""
+"""The arrows point one way: service/worker -> models, worker -> service, never back; no torch.
+
+``training/`` (the optional ``train`` extra) may import torch and models/, and nothing in the
+product imports it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ from pathlib import Path
 import pytest
 from stack import REPO_ROOT
 
-FORBIDDEN = {"models": {"service", "worker", "torch", "tensorflow"}, "service": {"worker", "torch", "tensorflow"}}
+FRAMEWORKS = {"torch", "tensorflow", "training"}
+FORBIDDEN = {
+    "models": {"service", "worker", *FRAMEWORKS},
+    "service": {"worker", *FRAMEWORKS},
+    "worker": FRAMEWORKS,
+    "training": {"service", "worker"},
+}
 
 
 def _imported_roots(path: Path) -> set[str]:

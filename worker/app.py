@@ -24,7 +24,7 @@ from typing import Any
 from celery import Celery, signals
 
 from service.logging_setup import configure_logging
-from service.queue import ANALYSIS_QUEUE, RECONCILE_TASK, SWEEP_SERIES_TASK
+from service.queue import ANALYSIS_QUEUE, RECONCILE_EXPLANATIONS_TASK, RECONCILE_TASK, SWEEP_SERIES_TASK
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": settings.reconcile_interval_seconds},
             "sweep-series": {"task": SWEEP_SERIES_TASK, "schedule": settings.series_sweep_seconds},
+            "reconcile-explanations": {
+                "task": RECONCILE_EXPLANATIONS_TASK,
+                "schedule": settings.reconcile_interval_seconds,
+            },
         },
     )
     return app
@@ -114,5 +118,9 @@ def _load_classifier(**_: Any) -> None:
     classifier = worker_classifier(get_settings())
     logger.info(
         "classifier loaded",
-        extra={"model": classifier.manifest.name, "model_sha256": classifier.model_sha256},
+        extra={
+            "model": classifier.manifest.name,
+            "model_version": classifier.manifest.version,
+            "model_sha256": classifier.model_sha256,
+        },
     )

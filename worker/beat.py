@@ -19,8 +19,9 @@ from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
 
-from service.queue import RECONCILE_TASK, SWEEP_SERIES_TASK
+from service.queue import RECONCILE_EXPLANATIONS_TASK, RECONCILE_TASK, SWEEP_SERIES_TASK
 from service.settings import Settings, get_settings
+from worker.explain import reconcile_explanations
 from worker.metrics import MAINTENANCE_LAST_SUCCESS, MAINTENANCE_RUNS
 from worker.reconcile import reconcile_jobs
 from worker.series import sweep_quiet_series
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 MAINTENANCE: dict[str, Callable[[Settings], object]] = {
     RECONCILE_TASK: reconcile_jobs,
     SWEEP_SERIES_TASK: sweep_quiet_series,
+    RECONCILE_EXPLANATIONS_TASK: reconcile_explanations,
 }
 
 

@@ -1,4 +1,8 @@
-"""One Classifier per worker process, built on first use and kept for the process's life."""
+"""One Classifier per worker process, built on first use and kept for the process's life.
+
+The model is ``SIGHTLINE_WORKER_MODEL`` (name@version), else the configured model at its
+highest installed version (``service.active_model.worker_model``): one model per worker.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,19 @@ from pathlib import Path
 
 from models.contract_process import check_in_subprocess
 from models.inference import Classifier
-from models.registry import get_manifest
+from models.registry import get_manifest_version
+from service.active_model import worker_model
 from service.settings import Settings
 
-_ClassifierKey = tuple[str, Path | None, Path, int]
+_ClassifierKey = tuple[str, str | None, str | None, Path | None, Path, int]
 _LOADED: dict[_ClassifierKey, Classifier] = {}
 
 
 def load_classifier(settings: Settings) -> Classifier:
     """Build the configured model (the library caches its CAM-ready form on disk)."""
     extra_dirs = [settings.model_manifest_dir] if settings.model_manifest_dir else []
-    manifest = get_manifest(settings.model_name, extra_dirs)
+    model = worker_model(settings)
+    manifest = get_manifest_version(model.name, model.version, extra_dirs)
     if settings.cam_method is not None:  # the operator overrides the manifest's method
         manifest = manifest.model_copy(update={"cam_method": settings.cam_method})
     threads = settings.onnx_threads or None
@@ -33,7 +39,14 @@ def worker_classifier(settings: Settings) -> Classifier:
     Works for every pool: prefork children warm it in ``worker_process_init``, the solo
     pool in the same signal, and a task that finds it cold loads it here.
     """
-    key = (settings.model_name, settings.model_manifest_dir, settings.model_cache_dir, settings.onnx_threads)
+    key = (
+        settings.model_name,
+        settings.model_version,
+        settings.worker_model,
+        settings.model_manifest_dir,
+        settings.model_cache_dir,
+        settings.onnx_threads,
+    )
     classifier = _LOADED.get(key)
     if classifier is None:
         classifier = _LOADED[key] = load_classifier(settings)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from service.active_model import ModelKey, worker_model
 from service.db.session import unit_of_work
 from service.db.tables import AnalysisJob, Instance, JobStatus, utcnow
 from service.metrics import JOB_FAILURES
@@ -43,15 +44,25 @@ class ClaimedJob:
         return {"job_id": str(self.job_id), "instance_id": str(self.instance_id), "study_id": str(self.study_id)}
 
 
-def claim_job(settings: Settings, job_id: uuid.UUID, worker_name: str) -> ClaimedJob | None:
-    """Take the job if it is queued, or running past the deadline (its worker died).
+def claim_job(
+    settings: Settings, job_id: uuid.UUID, worker_name: str, *, model: ModelKey | None = None
+) -> ClaimedJob | None:
+    """Take the job if it is queued, or running past the deadline (its worker died), and is a
+    job of ``model`` (default: ``worker_model(settings)``), the model this worker runs.
 
-    Returns ``None`` for a duplicate delivery: the job is finished, or alive elsewhere.
+    Returns ``None`` for a duplicate delivery (the job is finished, or alive elsewhere) and for
+    another model's job: a message that reached the wrong queue is dropped, never run with
+    the wrong model; the reconciler sends the job again to its own queue.
     """
     now = utcnow()
-    claimable = or_(
-        AnalysisJob.status == JobStatus.queued,
-        and_(AnalysisJob.status == JobStatus.running, AnalysisJob.started_at < deadline_cutoff(settings, now)),
+    model = model or worker_model(settings)
+    claimable = and_(
+        AnalysisJob.model_name == model.name,
+        AnalysisJob.model_version == model.version,
+        or_(
+            AnalysisJob.status == JobStatus.queued,
+            and_(AnalysisJob.status == JobStatus.running, AnalysisJob.started_at < deadline_cutoff(settings, now)),
+        ),
     )
     with unit_of_work(settings) as db:
         attempts = db.scalar(

@@ -33,6 +33,7 @@ from models.render import (
     outline_layer,
     overlay,
 )
+from service.active_model import ModelKey
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import AnalysisResult, JobStatus, SliceScore
 from service.logging_setup import error_frames
@@ -83,7 +84,9 @@ class Rendering:
 
 def analyse_job(job_id: uuid.UUID, *, settings: Settings, classifier: Classifier, worker_name: str) -> Outcome:
     """Run one job end to end. Transient errors propagate (after the job is released)."""
-    claim = claim_job(settings, job_id, worker_name)
+    claim = claim_job(
+        settings, job_id, worker_name, model=ModelKey(classifier.manifest.name, classifier.manifest.version)
+    )
     if claim is None:
         logger.info("job not claimable; duplicate delivery ignored", extra={"job_id": str(job_id)})
         return Outcome.skipped
@@ -268,6 +271,8 @@ def _slice_rows(claim: ClaimedJob, result_id: uuid.UUID, rendering: Rendering) -
             SliceScore(
                 result_id=result_id,
                 instance_id=claim.instance_id,
+                model_name=rendering.model.name,
+                model_version=rendering.model.version,
                 series_id=claim.series_id,
                 frame_index=frame.index,
                 position=frame.position,

@@ -14,10 +14,11 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, or_, select
 
+from service.active_model import ModelKey
 from service.db.session import unit_of_work
 from service.db.tables import AnalysisJob, Instance, JobStatus, utcnow
 from service.metrics import JOB_FAILURES
-from service.queue import enqueue_after_commit
+from service.queue import analysis_queue, enqueue_after_commit
 from service.settings import Settings
 from worker.jobs import RETRIES_EXHAUSTED, deadline_cutoff
 from worker.series import settle_study
@@ -61,6 +62,7 @@ def reconcile_jobs(settings: Settings, *, now: datetime | None = None) -> Reconc
             .with_for_update(skip_locked=True, of=AnalysisJob)
         ).all()
         requeue: list[uuid.UUID] = []
+        queues: dict[uuid.UUID, str] = {}
         failed_studies: set[uuid.UUID] = set()
         for job, study_id in rows:
             if job.attempts >= settings.job_max_attempts:
@@ -69,10 +71,11 @@ def reconcile_jobs(settings: Settings, *, now: datetime | None = None) -> Reconc
             else:
                 job.status, job.enqueued_at = JobStatus.queued, now
                 requeue.append(job.id)
+                queues[job.id] = analysis_queue(ModelKey(job.model_name, job.model_version), settings)
         db.flush()
         for study_id in sorted(failed_studies):
             settle_study(db, study_id, settings)
-        enqueue_after_commit(db, requeue, settings)
+        enqueue_after_commit(db, requeue, settings, queues=queues)  # each to its model's queue
     report = ReconcileReport(requeued=len(requeue), failed=len(rows) - len(requeue))
     if rows:
         logger.warning("stuck jobs reconciled", extra=report.as_dict())

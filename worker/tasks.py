@@ -10,10 +10,11 @@ from typing import Any
 
 from celery import Task
 
-from service.queue import ANALYSE_TASK, RECONCILE_TASK, SWEEP_SERIES_TASK
+from service.queue import ANALYSE_TASK, EXPLAIN_TASK, RECONCILE_TASK, SWEEP_SERIES_TASK
 from service.settings import get_settings
 from worker.app import celery_app
 from worker.classifier import worker_classifier
+from worker.explain import explain_job
 from worker.pipeline import TRANSIENT_ERRORS, analyse_job
 from worker.reconcile import reconcile_jobs
 from worker.series import sweep_after_job, sweep_quiet_series
@@ -61,3 +62,24 @@ def sweep_series() -> int:
     """Complete and score series that went quiet after their last job finished; beat runs the
     same function in-process (``worker.beat``), the task is for a manual run and older beats."""
     return sweep_quiet_series(get_settings())
+
+
+@celery_app.task(  # type: ignore[untyped-decorator]
+    name=EXPLAIN_TASK,
+    bind=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=RETRY_BACKOFF_S,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=get_settings().job_max_attempts,
+)
+def explain(self: Task[Any, Any], explanation_id: str) -> str:
+    """Compute one on-demand explanation (``worker.explain``); its row says whether there is anything to do."""
+    try:
+        parsed = uuid.UUID(explanation_id)
+    except ValueError:
+        logger.error("malformed explanation id in message; dropped")
+        return "skipped"
+    settings = get_settings()
+    worker_name = self.request.hostname or socket.gethostname()
+    return explain_job(parsed, settings=settings, classifier=worker_classifier(settings), worker_name=worker_name).value

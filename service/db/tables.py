@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -48,6 +49,15 @@ def as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+@lru_cache(maxsize=1)
+def builtin_model() -> tuple[str, str]:
+    """Name and version of the built-in default model: the model of a job or slice row written
+    without one (rows from code that predates the registry; ingest and workers always set it)."""
+    from models.registry import DEFAULT_MODEL_NAME, get_manifest
+
+    return DEFAULT_MODEL_NAME, get_manifest(DEFAULT_MODEL_NAME).version
 
 
 class Base(DeclarativeBase):
@@ -242,7 +252,10 @@ class AnalysisJob(Base):
     __tablename__ = "analysis_jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), unique=True)
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    # The model (service.registry) that runs this job: one job per instance and deployed model.
+    model_name: Mapped[str] = mapped_column(String(128), default=lambda: builtin_model()[0])
+    model_version: Mapped[str] = mapped_column(String(64), default=lambda: builtin_model()[1])
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -255,7 +268,35 @@ class AnalysisJob(Base):
 
     instance: Mapped[Instance] = relationship(back_populates="jobs")
 
-    __table_args__ = (Index("ix_analysis_jobs_status_enqueued_at", "status", "enqueued_at"),)
+    __table_args__ = (
+        Index("ix_analysis_jobs_status_enqueued_at", "status", "enqueued_at"),
+        UniqueConstraint("instance_id", "model_name", "model_version", name="uq_analysis_jobs_instance_model"),
+    )
+
+
+class DeploymentRole(enum.StrEnum):
+    active = "active"  # drives everything readers see; exactly one (none: the configured model)
+    shadow = "shadow"  # scored and stored, never shown to readers as triage
+    retired = "retired"  # no new jobs; its stored results stay
+
+
+class ModelDeployment(Base):
+    """A model version installed on this deployment, with its role and routing rules (service.registry)."""
+
+    __tablename__ = "model_deployments"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[DeploymentRole] = mapped_column(_enum(DeploymentRole, "deployment_role"))
+    routing_rules: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # attribute -> pattern
+    installed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    installed_by: Mapped[str] = mapped_column(String(128))
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    promoted_by: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (UniqueConstraint("model_name", "model_version", name="uq_model_deployments_model"),)
 
 
 class AnalysisResult(Base):
@@ -314,6 +355,8 @@ class SliceScore(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     result_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("analysis_results.id", ondelete="CASCADE"))
     instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(128), default=lambda: builtin_model()[0])  # the result's
+    model_version: Mapped[str] = mapped_column(String(64), default=lambda: builtin_model()[1])
     series_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     frame_index: Mapped[int] = mapped_column(Integer)
     position: Mapped[float | None] = mapped_column(Float)  # mm along the slice normal
@@ -328,7 +371,11 @@ class SliceScore(Base):
 
     result: Mapped[AnalysisResult] = relationship(back_populates="slices")
 
-    __table_args__ = (UniqueConstraint("instance_id", "frame_index", name="uq_slice_scores_instance_frame"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "instance_id", "frame_index", "model_name", "model_version", name="uq_slice_scores_instance_frame"
+        ),
+    )
 
 
 class ResultKind(enum.StrEnum):
@@ -443,4 +490,62 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_at", "at"),
         Index("ix_audit_events_study_instance_uid", "study_instance_uid"),
+    )
+
+
+class ExplanationStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+EXPLANATION_REQUEST = ("instance_id", "frame_index", "model_name", "model_version", "method", "target_label")
+
+
+class OnDemandExplanation(Base):
+    """Another CAM method or class for one frame, asked for by a reader and computed once.
+
+    The unique request key (instance, frame, model name and version, method, target label)
+    makes a repeated request the same row; the worker owns it from its claim (``running``,
+    ``attempts`` bumped) to ``done`` or ``failed``, as with ``AnalysisJob``. ``requested_by``
+    is the token's name, never patient data.
+    """
+
+    __tablename__ = "explanations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    frame_index: Mapped[int] = mapped_column(Integer)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    cam_ready_sha256: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(32))
+    target_label: Mapped[str] = mapped_column(String(64))
+    status: Mapped[ExplanationStatus] = mapped_column(
+        _enum(ExplanationStatus, "explanation_status"), default=ExplanationStatus.queued
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heatmap_key: Mapped[str | None] = mapped_column(String(80))
+    overlay_key: Mapped[str | None] = mapped_column(String(80))
+    contour_key: Mapped[str | None] = mapped_column(String(80))
+    map_key: Mapped[str | None] = mapped_column(String(80))
+    outline_key: Mapped[str | None] = mapped_column(String(80))
+    cam_strength: Mapped[float | None] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    region_reason: Mapped[str | None] = mapped_column(String(200))
+    timings_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint(*EXPLANATION_REQUEST, name="uq_explanations_request"),
+        Index("ix_explanations_status_enqueued_at", "status", "enqueued_at"),
     )

@@ -6,7 +6,9 @@ work commits. Rules, in order:
 
 - nothing in the study is applicable (all instances outside the model's scope, or
   without pixels): ``not_applicable``, no score, no label;
-- a job is queued or running, or an applicable series is not complete yet: ``pending``;
+- a job of the active model is queued or running, or an applicable series is not complete
+  yet: ``pending`` (a shadow model's jobs never hold a study back: readers see only the
+  active model, ``service.active_model``);
 - at least one applicable series has a score: ``analysed``;
 - otherwise (every applicable instance failed): ``failed``.
 
@@ -23,8 +25,10 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.active_model import ModelKey, active_model
 from service.db.series_state import PENDING, lock_study
 from service.db.tables import AnalysisJob, Instance, JobStatus, Series, Study, StudyStatus
+from service.settings import get_settings
 
 
 def recompute_study(db: Session, study_id: uuid.UUID) -> Study:
@@ -32,10 +36,12 @@ def recompute_study(db: Session, study_id: uuid.UUID) -> Study:
     return recompute_locked(db, lock_study(db, study_id))
 
 
-def recompute_locked(db: Session, study: Study) -> Study:
-    """Status, score and key slice of a study whose row the caller locked (see the module rules)."""
+def recompute_locked(db: Session, study: Study, model: ModelKey | None = None) -> Study:
+    """Status, score and key slice of a study whose row the caller locked (see the module rules);
+    ``model`` is the model readers see (default: the active one)."""
     study_id = study.id
     db.flush()
+    model = model or active_model(db, get_settings())
     applicable_series = set(
         db.scalars(
             select(Instance.series_id)
@@ -48,7 +54,11 @@ def recompute_locked(db: Session, study: Study) -> Study:
             select(AnalysisJob.status)
             .distinct()
             .join(Instance, AnalysisJob.instance_id == Instance.id)
-            .where(Instance.study_id == study_id)
+            .where(
+                Instance.study_id == study_id,
+                AnalysisJob.model_name == model.name,
+                AnalysisJob.model_version == model.version,
+            )
         )
     )
     series = [s for s in db.scalars(select(Series).where(Series.study_id == study_id)) if s.id in applicable_series]

@@ -13,6 +13,7 @@ from sqlalchemy import Row, Select, select
 from sqlalchemy.orm import Session
 
 from models.pixels import read_dicom
+from service.active_model import ModelKey
 from service.db.tables import AnalysisJob, Instance, Study
 from service.ingest.errors import InstanceConflict
 from service.ingest.fingerprint import same_decoded_pixels
@@ -41,29 +42,35 @@ class Stored:
     study_id: uuid.UUID
     source_kind: str
     fingerprint: Fingerprint | None = None
+    jobs: tuple[tuple[uuid.UUID, str], ...] = ()  # new jobs (id, queue): one per routed model
 
 
-def find_instances(db: Session, sop_instance_uids: Sequence[str]) -> dict[str, Stored]:
+def find_instances(db: Session, sop_instance_uids: Sequence[str], model: ModelKey | None = None) -> dict[str, Stored]:
     """The stored instances among these SOP Instance UIDs, in one query (see ``find_instance``)."""
     found: dict[str, Stored] = {}
-    for row in db.execute(_instance_query().where(Instance.sop_instance_uid.in_(sorted(set(sop_instance_uids))))):
+    uids = sorted(set(sop_instance_uids))
+    for row in db.execute(_instance_query(model).where(Instance.sop_instance_uid.in_(uids))):
         found[row.sop_instance_uid] = _as_duplicate(row)
     return found
 
 
-def find_instance(db: Session, sop_instance_uid: str) -> Stored | None:
-    """The stored instance with this SOP Instance UID, answered as a duplicate."""
-    row = db.execute(_instance_query().where(Instance.sop_instance_uid == sop_instance_uid)).first()
+def find_instance(db: Session, sop_instance_uid: str, model: ModelKey | None = None) -> Stored | None:
+    """The stored instance with this SOP Instance UID, answered as a duplicate with ``model``'s
+    job (the active model's; ``None``: the first job made for it)."""
+    row = db.execute(_instance_query(model).where(Instance.sop_instance_uid == sop_instance_uid)).first()
     return None if row is None else _as_duplicate(row)
 
 
-def _instance_query() -> Select[*tuple[Any, ...]]:
+def _instance_query(model: ModelKey | None) -> Select[*tuple[Any, ...]]:
+    job = select(AnalysisJob.id).where(AnalysisJob.instance_id == Instance.id)
+    if model is not None:
+        job = job.where(AnalysisJob.model_name == model.name, AnalysisJob.model_version == model.version)
+    job_id = job.order_by(AnalysisJob.created_at, AnalysisJob.id).limit(1).scalar_subquery()
     return (
         select(Instance.id, Instance.study_id, Instance.source_kind, Instance.blob_key, Instance.not_applicable_reason,
                Instance.identity_sha256, Instance.content_sha256, Instance.transfer_syntax_uid,
-               Instance.sop_instance_uid, Study.study_instance_uid, AnalysisJob.id.label("job_id"))
+               Instance.sop_instance_uid, Study.study_instance_uid, job_id.label("job_id"))
         .join(Study, Study.id == Instance.study_id)
-        .outerjoin(AnalysisJob, AnalysisJob.instance_id == Instance.id)
     )  # fmt: skip
 
 

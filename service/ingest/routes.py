@@ -155,7 +155,7 @@ def upload(
             patient_name=patient_name,
             study_description=study_description,
         )
-        scope = active_manifest(settings).scope
+        scope = active_manifest(settings, db).scope  # the active deployment's scope decides applicability
         parsed = parse_all(
             uploads, contents, raster, settings.max_image_pixels, scope, max_bytes=settings.max_decode_bytes
         )

@@ -18,6 +18,8 @@ from service.errors import Conflict
 from service.ingest.dicom_meta import InstanceMeta
 from service.ingest.errors import StudyPatientMismatch
 from service.ingest.reading import ParsedFile
+from service.registry.routing import RoutedAttributes, matches
+from service.registry.service import RoutedModel
 
 
 class RowCache:
@@ -70,8 +72,12 @@ def lock_studies(db: Session, files: Sequence[ParsedFile], priority: int | None)
         meta, new_id = first[uid], uuid.uuid4()
         values = {"id": new_id, "study_instance_uid": uid, "synthetic": meta.synthetic, **_study_values(meta)}
         values["clinical_priority"] = priority or 0
-        result = db.execute(
-            insert(Study).values(**values).on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        # RETURNING, not rowcount: psycopg reports -1 for this INSERT ... ON CONFLICT DO NOTHING.
+        inserted = db.scalar(
+            insert(Study)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+            .returning(Study.id)
         )
         study = db.scalars(
             select(Study)
@@ -79,7 +85,7 @@ def lock_studies(db: Session, files: Sequence[ParsedFile], priority: int | None)
             .with_for_update()
             .execution_options(populate_existing=True)
         ).one()
-        if getattr(result, "rowcount", 0) == 1 and study.id == new_id:
+        if inserted == new_id and study.id == new_id:
             created.add(new_id)
         studies.append(study)
     return LockedStudies(studies, frozenset(created))
@@ -115,9 +121,16 @@ def raise_priority(study: Study, priority: int | None) -> None:
 
 
 def insert_rows(
-    db: Session, meta: InstanceMeta, key: str, size: int, priority: int | None, rows: RowCache
-) -> tuple[Instance, AnalysisJob | None]:
-    """The rows of one new instance; a job only when the model may score it."""
+    db: Session,
+    meta: InstanceMeta,
+    key: str,
+    size: int,
+    priority: int | None,
+    rows: RowCache,
+    routed: Sequence[RoutedModel],
+) -> tuple[Instance, list[AnalysisJob]]:
+    """The rows of one new instance; when the active model's scope admits it, one job per
+    routed model (active first, then shadows) whose routing rules match its attributes."""
     study = _upsert_study(db, meta, priority, rows)
     series = _upsert_series(db, study, meta, rows)
     series.last_instance_at, series.completed_at = utcnow(), None  # a late instance re-opens the series
@@ -140,12 +153,28 @@ def insert_rows(
         content_sha256=meta.content_sha256,
     )
     db.add(instance)
-    job = None
-    if meta.not_applicable_reason is None:
-        job = AnalysisJob(id=uuid.uuid4(), instance_id=instance.id, status=JobStatus.queued, enqueued_at=utcnow())
-        db.add(job)
+    jobs = [] if meta.not_applicable_reason is not None else _jobs(instance.id, meta, routed)
+    db.add_all(jobs)
     db.flush()
-    return instance, job
+    return instance, jobs
+
+
+def _jobs(instance_id: uuid.UUID, meta: InstanceMeta, routed: Sequence[RoutedModel]) -> list[AnalysisJob]:
+    attributes = RoutedAttributes(meta.modality, meta.body_part, meta.series_description, meta.sop_class_uid)
+    now = utcnow()
+    return [
+        AnalysisJob(
+            id=uuid.uuid4(),
+            instance_id=instance_id,
+            model_name=model.key.name,
+            model_version=model.key.version,
+            status=JobStatus.queued,
+            created_at=now,
+            enqueued_at=now,
+        )
+        for model in routed
+        if matches(model.rules, attributes)
+    ]
 
 
 def _upsert_study(db: Session, meta: InstanceMeta, priority: int | None, rows: RowCache) -> Study:

@@ -1,4 +1,5 @@
-"""Store validated files: blob, study/series/instance rows and a queued analysis job each.
+"""Store validated files: blob, study/series/instance rows and queued analysis jobs, one per
+deployed model whose routing rules match (``service.registry``), each sent to its model's queue.
 
 Runs inside the request's unit of work (``service.deps.DbSession``): it only flushes, and
 the caller's commit makes the whole request durable at once; a failure rolls every row
@@ -39,9 +40,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.errors import ModelLibraryError
+from service.active_model import ModelKey
 from service.db.series_state import lock_study
 from service.db.session import NEW_BLOBS, begin_write, forget_new_blob, store_blob
-from service.db.tables import Study, StudyStatus
+from service.db.tables import AnalysisJob, Study, StudyStatus
 from service.db.triage import recompute_locked
 from service.errors import Conflict, SightlineError, model_error_status
 from service.ingest.errors import RejectedFile
@@ -50,7 +52,8 @@ from service.ingest.reading import ParsedFile, refusing
 from service.ingest.rows import RowCache, drop_empty_studies, insert_rows, lock_studies, raise_priority
 from service.ingest.schemas import UploadedInstance
 from service.queue import enqueue_after_commit
-from service.settings import Settings
+from service.registry.service import RoutedModel, routed_models
+from service.settings import Settings, get_settings
 from service.storage import BlobStore
 
 logger = logging.getLogger(__name__)
@@ -69,18 +72,24 @@ def store_files(
     """
     begin_write(db)
     locked = lock_studies(db, files, priority)
+    routed = routed_models(db, settings)
     by_index: dict[int, Stored] = {}
     for parsed in sorted(files, key=_store_order):
         with refusing(parsed.index):
-            by_index[parsed.index] = store_one(db, store, parsed, priority=priority)
+            by_index[parsed.index] = store_one(db, store, parsed, priority=priority, routed=routed)
     stored = [by_index[parsed.index] for parsed in files]
     drop_empty_studies(db, locked, {item.study_id for item in stored})
     to_analyse = {item.study_id for item in stored if not item.entry.duplicate and item.entry.job_id}
     for study_id in sorted({item.study_id for item in stored}):
         raise_priority(_settle_after_ingest(db, study_id, pending=study_id in to_analyse), priority)
-    new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
-    enqueue_after_commit(db, new_jobs, settings)
+    _enqueue_new_jobs(db, stored, settings, background=False)
     return stored
+
+
+def _enqueue_new_jobs(db: Session, stored: Sequence[Stored], settings: Settings, *, background: bool) -> None:
+    """Send every new job (one per routed model) to its model's queue after the commit."""
+    new_jobs = dict(job for item in stored if not item.entry.duplicate for job in item.jobs)
+    enqueue_after_commit(db, list(new_jobs), settings, background=background, queues=new_jobs)
 
 
 def store_each(
@@ -101,7 +110,8 @@ def store_each(
     begin_write(db)
     locked = lock_studies(db, files, priority)
     rows = RowCache(locked.studies)
-    known = find_instances(db, [parsed.meta.sop_instance_uid for parsed in files])
+    routed = routed_models(db, settings)
+    known = find_instances(db, [parsed.meta.sop_instance_uid for parsed in files], routed[0].key)
     writes = _BlobWrites(store, [parsed.data for parsed in files if parsed.meta.sop_instance_uid not in known])
     by_index: dict[int, Stored | SightlineError] = {}
     try:
@@ -109,7 +119,7 @@ def store_each(
             uid = parsed.meta.sop_instance_uid
             key = None if uid in known else store.key_for(parsed.data)
             by_index[parsed.index] = _store_isolated(
-                db, store, parsed, priority=priority, existing=known.get(uid), key=key, rows=rows
+                db, store, parsed, priority=priority, existing=known.get(uid), key=key, rows=rows, routed=routed
             )
     except BaseException:
         writes.finish(db, raise_failure=False)  # so that the unit of work removes the files written
@@ -126,8 +136,7 @@ def store_each(
         pending = study_id in to_analyse
         study = rows.held(study_id) if pending else None  # already locked by this transaction: no re-read
         raise_priority(_settle_after_ingest(db, study_id, pending=pending, study=study), priority)
-    new_jobs = [item.entry.job_id for item in stored if not item.entry.duplicate and item.entry.job_id]
-    enqueue_after_commit(db, new_jobs, settings, background=True)  # the answer need not wait for the broker
+    _enqueue_new_jobs(db, stored, settings, background=True)  # the answer need not wait for the broker
     return outcomes
 
 
@@ -175,10 +184,11 @@ def _store_isolated(
     existing: Stored | None,
     key: str | None,
     rows: RowCache,
+    routed: Sequence[RoutedModel],
 ) -> Stored | SightlineError:
     """``store_one`` for one file of a batch; a refusal has changed no row (see ``store_one``)."""
     try:
-        return store_one(db, store, parsed, priority=priority, existing=existing, key=key, rows=rows)
+        return store_one(db, store, parsed, priority=priority, existing=existing, key=key, rows=rows, routed=routed)
     except SightlineError as exc:
         rows.clear()  # a rolled-back savepoint may have created the cached study or series
         return exc
@@ -218,16 +228,19 @@ def store_one(
     existing: Stored | None = _LOOK_UP,
     key: str | None = None,
     rows: RowCache | None = None,
+    routed: Sequence[RoutedModel] | None = None,
 ) -> Stored:
     """One instance: the existing one for a known SOP Instance UID, else blob + rows + job.
 
     Its rows are inserted in a SAVEPOINT, the only writes here: a refusal or a lost race
     rolls back this instance only. ``existing`` and ``key`` let a batch pass what it already
     looked up and the blob it already wrote (the batch then owns that blob's clean-up).
+    ``routed``: the models that get jobs (``routed_models``; looked up when not given).
     """
     meta = parsed.meta
+    routed = routed if routed is not None else routed_models(db, get_settings())
     if existing is _LOOK_UP:
-        existing = find_instance(db, meta.sop_instance_uid)
+        existing = find_instance(db, meta.sop_instance_uid, routed[0].key)
     if existing is not None:
         check_same_instance(existing, parsed, store)
         logger.info("duplicate instance", extra={"instance_id": str(existing.entry.instance_id)})
@@ -238,13 +251,13 @@ def store_one(
     for _ in range(INSERT_ATTEMPTS):
         try:
             with db.begin_nested():  # SAVEPOINT: a lost race rolls back only this instance
-                instance, job = insert_rows(
-                    db, meta, key, len(parsed.data), priority, rows if rows is not None else RowCache()
+                instance, jobs = insert_rows(
+                    db, meta, key, len(parsed.data), priority, rows if rows is not None else RowCache(), routed
                 )
         except IntegrityError:
             if rows is not None:
                 rows.clear()  # the savepoint's new study or series rows are gone
-            winner = find_instance(db, meta.sop_instance_uid)
+            winner = find_instance(db, meta.sop_instance_uid, routed[0].key)
             if winner is None:
                 continue  # the race was on the study or series row; it exists now
             if own_blob:
@@ -256,13 +269,21 @@ def store_one(
             sop_instance_uid=meta.sop_instance_uid,
             study_instance_uid=meta.study_instance_uid,
             instance_id=instance.id,
-            job_id=job.id if job else None,
+            job_id=_active_job(jobs, routed[0]),
             duplicate=False,
             not_applicable_reason=meta.not_applicable_reason,
         )
         fingerprint = Fingerprint(meta.identity_sha256, meta.content_sha256, meta.transfer_syntax_uid, key)
-        return Stored(entry, instance.study_id, meta.source_kind, fingerprint)
+        queues = {model.key: model.queue for model in routed}
+        new_jobs = tuple((job.id, queues[ModelKey(job.model_name, job.model_version)]) for job in jobs)
+        return Stored(entry, instance.study_id, meta.source_kind, fingerprint, new_jobs)
     raise Conflict("the instance's study or series was changed concurrently; send it again")
+
+
+def _active_job(jobs: Sequence[AnalysisJob], active: RoutedModel) -> uuid.UUID | None:
+    """The job the upload answer names: the active model's (``None``: its rules did not match)."""
+    key = active.key
+    return next((job.id for job in jobs if (job.model_name, job.model_version) == (key.name, key.version)), None)
 
 
 def _drop_unused_blob(db: Session, store: BlobStore, key: str) -> None:

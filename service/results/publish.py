@@ -31,8 +31,9 @@ from sqlalchemy.orm import Session
 
 from models.analysis import cam_at_image
 from models.errors import InvalidManifest, UnknownModel
-from models.registry import get_manifest
+from models.registry import get_manifest_version
 from models.render import map_levels01
+from service.active_model import active_model
 from service.db.series_state import lock_study
 from service.db.session import store_blob, unit_of_work
 from service.db.tables import (
@@ -142,9 +143,14 @@ def _key_image(db: Session, settings: Settings, study: Study) -> KeyImage | None
     instance = db.get(Instance, study.key_instance_id) if study.key_instance_id else None
     if instance is None or instance.source_kind != "dicom":
         return None
+    model = active_model(db, settings)  # result objects carry the active model's findings only
     result = db.scalars(
         select(AnalysisResult)
-        .where(AnalysisResult.instance_id == instance.id)
+        .where(
+            AnalysisResult.instance_id == instance.id,
+            AnalysisResult.model_name == model.name,
+            AnalysisResult.model_version == model.version,
+        )
         .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id)
         .limit(1)
     ).first()
@@ -173,7 +179,8 @@ def _key_cam(db: Session, settings: Settings, result: AnalysisResult, shape: tup
     if row is None:
         return None  # analysed before raw maps were stored per frame
     try:
-        manifest = get_manifest(result.model_name, [settings.model_manifest_dir] if settings.model_manifest_dir else [])
+        extra = [settings.model_manifest_dir] if settings.model_manifest_dir else []
+        manifest = get_manifest_version(result.model_name, result.model_version, extra)
     except (UnknownModel, InvalidManifest):
         return None  # the model's centre crop (where its map lies) is no longer known
     raw = np.frombuffer(row.cam, dtype=np.float32).reshape(row.cam_rows, row.cam_columns)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.active_model import active_model
 from service.db.tables import AnalysisResult, Feedback, Study, utcnow
 from service.errors import UnprocessableInput
+from service.settings import get_settings
 from service.workflow.schemas import FeedbackIn
 from service.worklist.schemas import FeedbackView
 
@@ -70,11 +72,17 @@ def add(db: Session, reader: str, study: Study, body: FeedbackIn, labels: list[s
 
 
 def _key_result(db: Session, study: Study) -> AnalysisResult | None:
+    """The active model's result on the key instance: feedback is on what the reader saw."""
     if study.key_instance_id is None:
         return None
+    model = active_model(db, get_settings())
     return db.scalar(
         select(AnalysisResult)
-        .where(AnalysisResult.instance_id == study.key_instance_id)
+        .where(
+            AnalysisResult.instance_id == study.key_instance_id,
+            AnalysisResult.model_name == model.name,
+            AnalysisResult.model_version == model.version,
+        )
         .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id.desc())
         .limit(1)
     )

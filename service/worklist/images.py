@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from models.pixels import DEFAULT_MAX_DECODE_BYTES, decode_image
 from models.render import encode_png
+from service.active_model import ModelKey
 from service.db.tables import AnalysisResult, Instance
 from service.errors import NotFound
 from service.storage import BlobStore
@@ -52,16 +53,22 @@ def instance_png(
     sop_uid: str,
     kind: ImageKind,
     *,
+    model: ModelKey,
     max_pixels: int,
     max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> bytes:
-    """PNG bytes of picture ``kind`` of the instance, from its latest result when there is one."""
+    """PNG bytes of picture ``kind`` of the instance, from ``model``'s (the active model's)
+    latest result when there is one."""
     instance = db.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
     if instance is None:
         raise InstanceNotFound("no instance with this SOP Instance UID")
     result = db.scalar(
         select(AnalysisResult)
-        .where(AnalysisResult.instance_id == instance.id)
+        .where(
+            AnalysisResult.instance_id == instance.id,
+            AnalysisResult.model_name == model.name,
+            AnalysisResult.model_version == model.version,
+        )
         .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id.desc())
         .limit(1)
     )

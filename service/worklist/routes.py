@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service.active_model import active_manifest
+from service.active_model import active_model, manifest_of
 from service.db.audit import record_event
 from service.deps import Admin, AppSettings, DbSession, Reader, Store
 from service.errors import (
@@ -86,8 +86,9 @@ def get_study(db: DbSession, settings: AppSettings, reader: Reader, request: Req
         return request.url_for("instance_image", sop_uid=sop_uid, kind=kind.value).path
 
     results_url = request.url_for("study_results", study_uid=study_uid).path
-    labels = active_manifest(settings).labels
-    detail = worklist_service.study_detail(db, study_uid, image_url, results_url, labels)
+    model = active_model(db, settings)
+    labels = manifest_of(model, settings).labels
+    detail = worklist_service.study_detail(db, study_uid, image_url, results_url, labels, model)
     client = request.client.host if request.client else None
     record_event(db, actor=reader.token_name, role=reader.role.value, action="view", study_uid=study_uid, client=client)
     return detail
@@ -99,10 +100,11 @@ def get_study(db: DbSession, settings: AppSettings, reader: Reader, request: Req
     summary="The series' per-slice tumour probabilities in anatomical order (its score curve)",
     responses=error_responses(Unauthenticated, Forbidden, NotFound, UnprocessableInput),
 )
-def get_series_slices(db: DbSession, _: Reader, series_uid: str) -> SeriesSlices:
+def get_series_slices(db: DbSession, settings: AppSettings, _: Reader, series_uid: str) -> SeriesSlices:
     """Ordered by position along the slice normal when every frame has one, else by Instance
-    Number and frame; ``key_index`` points at the key slice of the series score."""
-    return series_slices(db, series_uid)
+    Number and frame; ``key_index`` points at the key slice of the series score. The active
+    model's slices only."""
+    return series_slices(db, series_uid, active_model(db, settings))
 
 
 @router.get(
@@ -122,7 +124,13 @@ def get_instance_image(
     """The latest result's picture; before a result, ``original`` is rendered from the stored
     file and the other three answer 404 ``result_not_ready``."""
     png = instance_png(
-        db, store, sop_uid, kind, max_pixels=settings.max_image_pixels, max_bytes=settings.max_decode_bytes
+        db,
+        store,
+        sop_uid,
+        kind,
+        model=active_model(db, settings),
+        max_pixels=settings.max_image_pixels,
+        max_bytes=settings.max_decode_bytes,
     )
     return Response(png, media_type="image/png", headers={"Cache-Control": IMAGE_CACHE_CONTROL})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.active_model import ModelKey
 from service.db.series_state import ordered_slices
 from service.db.tables import Series
 from service.errors import NotFound
@@ -15,12 +16,12 @@ class SeriesNotFound(NotFound):
     code = "series_not_found"
 
 
-def series_slices(db: Session, series_uid: str) -> SeriesSlices:
-    """Every scored frame of the series with its calibrated tumour probability, in order."""
+def series_slices(db: Session, series_uid: str, model: ModelKey) -> SeriesSlices:
+    """Every frame ``model`` (the active one) scored, with its calibrated tumour probability, in order."""
     series = db.scalar(select(Series).where(Series.series_instance_uid == series_uid))
     if series is None:
         raise SeriesNotFound("no series with this Series Instance UID")
-    slices = ordered_slices(db, series.id)
+    slices = ordered_slices(db, series.id, model)
     key = (series.key_instance_id, series.key_frame)
     key_index = next((i for i, s in enumerate(slices) if (s.instance_id, s.frame_index) == key), None)
     return SeriesSlices(

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
+from service.active_model import ModelKey
 from service.db.tables import AnalysisJob, AnalysisResult, Feedback, Instance, Series, Study, as_utc
 from service.errors import NotFound
 from service.worklist.cursor import decode_cursor, encode_cursor, sort_key
@@ -143,8 +144,12 @@ def _utc(moment: datetime | None) -> datetime | None:
     return as_utc(moment) if moment is not None else None
 
 
-def study_detail(db: Session, study_uid: str, image_url: ImageUrl, results_url: str, labels: list[str]) -> StudyDetail:
-    """The study with its series, instances, jobs, latest results, reading state and feedback."""
+def study_detail(
+    db: Session, study_uid: str, image_url: ImageUrl, results_url: str, labels: list[str], model: ModelKey
+) -> StudyDetail:
+    """The study with its series, instances, jobs, latest results, reading state and feedback.
+
+    Jobs and results are ``model``'s (the active one): shadow results are never shown to readers."""
     study = db.scalar(
         select(Study)
         .where(Study.study_instance_uid == study_uid)
@@ -164,7 +169,7 @@ def study_detail(db: Session, study_uid: str, image_url: ImageUrl, results_url: 
         reported_at=_utc(study.reported_at),
         feedback=[FeedbackView.model_validate(row) for row in _feedback(db, study)],
         labels=labels,
-        series=[_series_view(series, image_url, sop_of) for series in study.series],
+        series=[_series_view(series, image_url, sop_of, model) for series in study.series],
         results_generation=study.results_generation,
         results_delivered_at=as_utc(study.results_delivered_at) if study.results_delivered_at else None,
         turnaround_seconds=study.turnaround_seconds,
@@ -176,7 +181,7 @@ def _feedback(db: Session, study: Study) -> list[Feedback]:
     return list(db.scalars(select(Feedback).where(Feedback.study_id == study.id).order_by(Feedback.created_at)))
 
 
-def _series_view(series: Series, image_url: ImageUrl, sop_of: dict[uuid.UUID, str]) -> SeriesView:
+def _series_view(series: Series, image_url: ImageUrl, sop_of: dict[uuid.UUID, str], model: ModelKey) -> SeriesView:
     return SeriesView(
         series_instance_uid=series.series_instance_uid,
         series_number=series.series_number,
@@ -189,13 +194,13 @@ def _series_view(series: Series, image_url: ImageUrl, sop_of: dict[uuid.UUID, st
         scored_slices=series.scored_slices,
         key_instance_sop_uid=sop_of.get(series.key_instance_id) if series.key_instance_id else None,
         key_frame=series.key_frame,
-        instances=[_instance_view(instance, image_url) for instance in series.instances],
+        instances=[_instance_view(instance, image_url, model) for instance in series.instances],
     )
 
 
-def _instance_view(instance: Instance, image_url: ImageUrl) -> InstanceView:
-    job = instance.jobs[0] if instance.jobs else None
-    result = latest_result(instance.results)
+def _instance_view(instance: Instance, image_url: ImageUrl, model: ModelKey) -> InstanceView:
+    job = next((j for j in instance.jobs if (j.model_name, j.model_version) == (model.name, model.version)), None)
+    result = latest_result(instance.results, model)
     return InstanceView(
         sop_instance_uid=instance.sop_instance_uid,
         sop_class_uid=instance.sop_class_uid,
@@ -231,8 +236,10 @@ def _bbox(result: AnalysisResult) -> BoundingBox | None:
     return BoundingBox(x=x, y=y, width=width, height=height)
 
 
-def latest_result(results: list[AnalysisResult]) -> AnalysisResult | None:
-    return max(results, key=lambda r: (as_utc(r.created_at), str(r.id)), default=None)
+def latest_result(results: list[AnalysisResult], model: ModelKey) -> AnalysisResult | None:
+    """The newest of ``model``'s results (readers see the active model's only)."""
+    own = [r for r in results if (r.model_name, r.model_version) == (model.name, model.version)]
+    return max(own, key=lambda r: (as_utc(r.created_at), str(r.id)), default=None)
 
 
 def _result_view(result: AnalysisResult, sop_uid: str, image_url: ImageUrl) -> ResultView:

@@ -28,6 +28,8 @@ TABLES = {
     "feedback",
     "audit_events",
     "deliveries",
+    "model_deployments",
+    "explanations",
 }
 
 

@@ -5,7 +5,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
+from models.cam_head import _FLOAT64_OPS
 from models.cam_ready import make_cam_ready
 from models.errors import ModelContractError
 
@@ -91,3 +93,49 @@ def test_final_softmax_over_the_batch_axis(axis: int, refused: bool) -> None:
             make_cam_ready(model, cam_layer="cam", output_name="probs")
     else:
         make_cam_ready(model, cam_layer="cam", output_name="probs")
+
+
+def _single_op_float64(op: str) -> ort.InferenceSession:
+    """x [1,2,4,4] float64 -> ``op`` (constant operands float64 / int64) -> y."""
+    operands = {
+        "BatchNormalization": [np.ones(2)] * 4,
+        "Expand": [np.array([1, 2, 4, 4])],
+        "Pad": [np.zeros(8, dtype=np.int64)],
+        "Split": [np.array([1, 1])],
+        "Conv": [np.ones((2, 2, 3, 3))],
+    }.get(op, [])
+    names = [f"operand{index}" for index in range(len(operands))]
+    outputs = ["y", "y2"] if op == "Split" else ["y"]
+    graph = helper.make_graph(
+        [
+            helper.make_node(op, ["x", *names], outputs, axis=1)
+            if op == "Split"
+            else helper.make_node(op, ["x", *names], outputs)
+        ],
+        "single",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info(name, TensorProto.DOUBLE, None) for name in outputs],
+        [numpy_helper.from_array(np.asarray(value), name) for name, value in zip(names, operands, strict=True)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+NEW_FLOAT64_OPS = (
+    *("BatchNormalization", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Softmax", "Split", "Pad", "Expand"),
+    *("ReduceMean", "ReduceMax", "ReduceSum"),
+)
+
+
+@pytest.mark.parametrize("op", NEW_FLOAT64_OPS)
+def test_ops_listed_as_float64_have_a_float64_kernel(op: str) -> None:
+    assert op in _FLOAT64_OPS
+    (result, *_) = _single_op_float64(op).run(None, {"x": np.ones((1, 2, 4, 4))})
+    assert result.dtype == np.float64
+
+
+@pytest.mark.parametrize("op", ["Conv", "GlobalMaxPool", "HardSigmoid", "HardSwish"])
+def test_ops_without_a_float64_kernel_are_not_listed(op: str) -> None:
+    assert op not in _FLOAT64_OPS
+    with pytest.raises(OrtNotImplemented, match="Could not find an implementation"):
+        _single_op_float64(op)

@@ -1,5 +1,7 @@
 """CAM-ready graphs give exact gradients: checked against torch autograd, never against ourselves."""
 
+import copy
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from models.cam import grad_cam, normalise
-from models.cam_ready import cam_ready_path, make_cam_ready
+from models.cam_ready import cam_ready_path, default_cam_layer, make_cam_ready
 from models.errors import ModelContractError, ModelFileMismatch, UnsupportedCamOp
 from models.manifest import ModelManifest, file_sha256, resolve_model_path
 
@@ -361,18 +363,22 @@ def test_logit_output_is_soft_maxed_for_probabilities() -> None:
     assert not np.allclose(raw.sum(axis=1), 1.0)
 
 
-def test_unsupported_op_in_head_names_op_and_node() -> None:
-    nodes = [_n("Sigmoid", ["cam"], "s"), _n("Flatten", ["s"], "f"), _n("Gemm", ["f", "w"], "logits")]
+def test_unsupported_op_in_head_names_op_node_and_output() -> None:
+    nodes = [_n("Erf", ["cam"], "s"), _n("Flatten", ["s"], "f"), _n("Gemm", ["f", "w"], "logits")]
     model = head_model(nodes, {"w": _weights(108, 4)})
-    with pytest.raises(UnsupportedCamOp, match=r"op Sigmoid in node 'Sigmoid_s'"):
+    with pytest.raises(UnsupportedCamOp, match=r"op Erf in node 'Erf_s' \(output 's'\)"):
         make_cam_ready(model, cam_layer="cam", output_name="probs")
 
 
-def test_softmax_inside_the_head_is_refused() -> None:
+def test_softmax_inside_the_head_matches_autograd() -> None:
     nodes = [_n("Softmax", ["cam"], "s", axis=1), _n("Flatten", ["s"], "f"), _n("Gemm", ["f", "w"], "logits")]
     model = head_model(nodes, {"w": _weights(108, 4)})
-    with pytest.raises(UnsupportedCamOp, match="only supported as the final node"):
-        make_cam_ready(model, cam_layer="cam", output_name="probs")
+    cam_model = make_cam_ready(model, cam_layer="cam", output_name="probs")
+    x = np.random.default_rng(11).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    _, _, grads = run_cam_ready(cam_model, {"x": x}, [1, 3])
+    _, _, ref_grads = torch_reference(model, {"x": x}, "cam", [1, 3])
+    np.testing.assert_allclose(grads, ref_grads, atol=1e-5 * np.abs(ref_grads).max())
+    assert np.abs(ref_grads).max() > 0
 
 
 def test_unknown_layer_and_old_opset_are_refused() -> None:
@@ -398,3 +404,161 @@ def test_cache_builds_once_and_refuses_a_wrong_sha(default_manifest: ModelManife
 
 def test_file_sha256_matches_manifest(default_manifest: ModelManifest) -> None:
     assert file_sha256(resolve_model_path(default_manifest)) == default_manifest.sha256
+
+
+VGG16_CAM_READY_SHA256 = "7714445e57c0eae5ba0489e43830e0d24e401c70b4c7d101676f697374759a95"  # built by the v1 builder
+
+
+def test_default_model_cam_ready_graph_is_unchanged(default_manifest: ModelManifest) -> None:
+    """The generalised builder emits byte for byte the graph the VGG16-only builder did (so the same
+    gradients, bit for bit, at the same speed); the digest was taken from the builder before the change."""
+    model = onnx.load(str(resolve_model_path(default_manifest)))
+    cam_model = make_cam_ready(model, cam_layer="functional_1/block5_conv3_1/Relu:0", output_name="dense_3")
+    digest = hashlib.sha256(cam_model.SerializeToString(deterministic=True)).hexdigest()
+    assert digest == VGG16_CAM_READY_SHA256
+
+
+class GuidedNet(torch.nn.Module):
+    """conv -> ReLU -> maxpool -> conv -> ReLU [default CAM layer] -> flatten -> linear -> ReLU -> linear (logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(6, 8, 3, padding=1),
+            torch.nn.ReLU(),
+        )
+        self.classifier = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class WithSoftmax(torch.nn.Module):
+    def __init__(self, logits: torch.nn.Module) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)
+
+
+@pytest.fixture(scope="module")
+def guided_net(tmp_path_factory: pytest.TempPathFactory) -> tuple[GuidedNet, onnx.ModelProto]:
+    torch.manual_seed(3)
+    net = GuidedNet().eval()
+    path = tmp_path_factory.mktemp("guided") / "guided.onnx"
+    torch.onnx.export(
+        WithSoftmax(net),
+        (torch.rand(2, 3, 8, 8),),
+        str(path),
+        input_names=["image"],
+        output_names=["probs"],
+        dynamic_axes={"image": {0: "N"}, "probs": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return net, onnx.load(str(path))
+
+
+def _run(cam_model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    session = ort.InferenceSession(cam_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return list(session.run(outputs, feeds))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_default_cam_layer_is_the_last_rank4_tensor_on_the_path(
+    guided_net: tuple[GuidedNet, onnx.ModelProto], small_net: tuple[SmallNet, onnx.ModelProto, str]
+) -> None:
+    _, model = guided_net
+    relus = [node.output[0] for node in model.graph.node if node.op_type == "Relu"]
+    assert default_cam_layer(model, "probs") == relus[1]  # not relus[2]: that one is rank 2, in the classifier
+    _, small, _ = small_net
+    pools = [node.output[0] for node in small.graph.node if node.op_type == "MaxPool"]
+    assert default_cam_layer(small, "probs") == pools[0]  # the head's max-pool output is the last rank-4 tensor
+    explicit = make_cam_ready(model, cam_layer=relus[1], output_name="probs")
+    default = make_cam_ready(model, cam_layer=None, output_name="probs")
+    feeds = {"image": np.random.default_rng(4).random((2, 3, 8, 8), dtype=np.float32), "target_class": np.array([1, 2])}
+    outputs = ["probabilities", "activations", "gradients"]
+    for ours, reference in zip(_run(default, feeds, outputs), _run(explicit, feeds, outputs), strict=True):
+        np.testing.assert_array_equal(ours, reference)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_plain_input_gradients_match_autograd(guided_net: tuple[GuidedNet, onnx.ModelProto]) -> None:
+    net, model = guided_net
+    cam_model = make_cam_ready(model, output_name="probs", input_gradients="plain")
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    feeds = {"image": x.numpy(), "target_class": np.array([3, 1])}
+    grads, input_grads = _run(cam_model, feeds, ["gradients", "input_gradients"])
+    reference = x.clone().double().requires_grad_(True)
+    net.double()(reference)[torch.arange(2), torch.tensor([3, 1])].sum().backward()
+    net.float()
+    assert reference.grad is not None
+    expected = reference.grad.numpy()
+    np.testing.assert_allclose(input_grads, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    without = make_cam_ready(model, output_name="probs")
+    np.testing.assert_array_equal(grads, _run(without, feeds, ["gradients"])[0])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_guided_input_gradients_match_pytorch_grad_cam(guided_net: tuple[GuidedNet, onnx.ModelProto]) -> None:
+    from reference.gradcam import pytorch_grad_cam
+
+    net, model = guided_net
+    cam_model = make_cam_ready(model, output_name="probs", input_gradients="guided")
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    targets = [4, 0]
+    feeds = {"image": x.numpy(), "target_class": np.array(targets)}
+    guided, plain_cam = _run(cam_model, feeds, ["input_gradients", "gradients"])
+    for sample, target in enumerate(targets):
+        reference = pytorch_grad_cam.GuidedBackpropReLUModel(copy.deepcopy(net), device="cpu")
+        expected = reference(x[sample : sample + 1].clone(), target_category=target)  # HWC of sample 0
+        np.testing.assert_allclose(
+            guided[sample].transpose(1, 2, 0), expected, rtol=0, atol=1e-5 * np.abs(expected).max()
+        )
+    plain = _run(make_cam_ready(model, output_name="probs", input_gradients="plain"), feeds, ["input_gradients"])[0]
+    assert not np.allclose(guided, plain)
+    np.testing.assert_array_equal(plain_cam, _run(make_cam_ready(model, output_name="probs"), feeds, ["gradients"])[0])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_multi_target_equals_separate_runs(small_net: tuple[SmallNet, onnx.ModelProto, str]) -> None:
+    _, model, cam_layer = small_net
+    single = make_cam_ready(model, cam_layer=cam_layer, output_name="probs", tumour_classes=[0, 2, 3])
+    multi = make_cam_ready(model, cam_layer=cam_layer, output_name="probs", tumour_classes=[0, 2, 3], multi_target=True)
+    image = np.random.default_rng(7).random((2, 3, 8, 8), dtype=np.float32)
+    targets = np.array([[0, -1, 4, -2], [3, 1, -2, -1]])
+    probs, acts, grads = _run(
+        multi, {"image": image, "target_class": targets}, ["probabilities", "activations", "gradients"]
+    )
+    assert grads.shape == (2, 4, *acts.shape[1:])
+    for column in range(targets.shape[1]):
+        feeds = {"image": image, "target_class": targets[:, column]}
+        ref_probs, ref_acts, ref_grads = _run(single, feeds, ["probabilities", "activations", "gradients"])
+        np.testing.assert_array_equal(probs, ref_probs)
+        np.testing.assert_array_equal(acts, ref_acts)
+        np.testing.assert_allclose(grads[:, column], ref_grads, rtol=0, atol=1e-6 * np.abs(ref_grads).max())
+    assert not np.allclose(grads[:, 0], grads[:, 2])
+
+
+def test_multi_target_with_input_gradients_is_refused() -> None:
+    nodes, inits = HEADS["padded_averagepool_gemm_alpha"]
+    with pytest.raises(ModelContractError, match="multi_target and input_gradients cannot be combined"):
+        make_cam_ready(
+            head_model(nodes, inits), cam_layer="cam", output_name="probs", input_gradients="plain", multi_target=True
+        )
+
+
+def test_cache_key_holds_the_modes(default_manifest: ModelManifest, tmp_path: Path) -> None:
+    onnx_path = resolve_model_path(default_manifest)
+    spec = {"cam_layer": default_manifest.cam_layer, "output_name": default_manifest.output_name}
+    plain = cam_ready_path(onnx_path, default_manifest.sha256, tmp_path, **spec)
+    multi = cam_ready_path(onnx_path, default_manifest.sha256, tmp_path, **spec, multi_target=True)
+    assert plain != multi
+    target = onnx.load(str(multi)).graph.input[-1]
+    assert [d.dim_param for d in target.type.tensor_type.shape.dim] == ["N", "T"]

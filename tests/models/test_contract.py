@@ -1,5 +1,6 @@
 """check_model_contract refuses, before first use, models that would load but break the contract."""
 
+import ast
 import os
 import shutil
 from pathlib import Path
@@ -374,3 +375,54 @@ def test_the_check_in_a_subprocess_passes_and_refuses_like_the_check_itself(tmp_
     bad = toy_manifest(labels=["glioma", "meningioma", "notumor"], tumour_labels=["glioma", "meningioma"])
     with pytest.raises(ModelContractError, match=r"output 'probs' has 4 classes \(static shape \['N', 4\]\), but"):
         check_in_subprocess(bad, *prepare(classifier(), bad, tmp_path / "bad"))
+
+
+def test_manifest_without_cam_layer_uses_the_default_layer(tmp_path: Path) -> None:
+    """cam_layer None: the contract resolves the default layer (the last rank-4 tensor, "lk") as the builder
+    does, and a head of new ops that all have float64 kernels is checked in float64."""
+    nodes = [
+        *conv_body(),
+        _n("BatchNormalization", ["cam", "s", "bb", "m", "v"], "bn"),
+        _n("LeakyRelu", ["bn"], "lk", alpha=0.2),
+        _n("ReduceMean", ["lk"], "pooled", axes=[2, 3], keepdims=0),
+        _n("Tanh", ["pooled"], "t"),
+        _n("Gemm", ["t", "wg", "b"], "hidden"),
+        _n("Sigmoid", ["hidden"], "h"),
+        _n("Gemm", ["h", "w2"], "logits"),
+        *softmax(),
+    ]
+    model = make_model(nodes, seed=5)
+    rng = np.random.default_rng(8)
+    for name, value in {"s": rng.standard_normal(CHANNELS), "bb": rng.standard_normal(CHANNELS)}.items():
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+    for name, value in {"m": rng.standard_normal(CHANNELS), "v": rng.uniform(0.5, 2.0, CHANNELS)}.items():
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+    manifest = toy_manifest(cam_layer=None)
+    model_path, cam_path = prepare(model, manifest, tmp_path)
+
+    report = check_model_contract(manifest, model_path, cam_path, seed=2)
+
+    assert report.checks == ALL_CHECKS
+    assert report.activations_shape == (1, CHANNELS, HEIGHT, WIDTH)
+    assert report.gradient_precision == "float64"
+    assert report.gradient_relative_error < 1e-5
+    lk = onnx.load(str(cam_path))
+    assert next(node for node in lk.graph.node if node.output[0] == "activations").input[0] == "lk"
+
+
+def test_builder_sources_list_every_builder_module() -> None:
+    """Every ``backward_*``/``cam_*`` module the builder imports, directly or not, changes the graph it
+    builds, so it must be hashed into the cache name (``models.errors``/``models.manifest`` do not)."""
+    folder = Path(cam_ready.__file__).parent
+    reached, pending = set(), ["cam_ready"]
+    while pending:
+        name = pending.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        modules = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        pending.extend(module.split(".", 1)[1] for module in modules if module.startswith("models."))
+    builder = {f"{name}.py" for name in reached if name.startswith(("backward_", "cam_"))}
+    assert builder <= set(BUILDER_SOURCES)
+    assert {"backward_conv.py", "backward_rnn.py", "cam_path.py", "cam_targets.py"} <= builder

@@ -85,7 +85,7 @@ def test_registry_finds_drop_in_manifests(default_manifest: ModelManifest, tmp_p
 
 
 def test_registry_refuses_conflicts_and_missing_folders(default_manifest: ModelManifest, tmp_path: Path) -> None:
-    _write(tmp_path, "clash.json", _raw(default_manifest, version="9"))
+    _write(tmp_path, "clash.json", _raw(default_manifest, temperature=2.0))
     with pytest.raises(InvalidManifest, match="declared by"):
         list_manifests([tmp_path])
     with pytest.raises(InvalidManifest, match="does not exist"):

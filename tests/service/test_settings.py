@@ -23,7 +23,7 @@ def test_postgres_urls_use_the_psycopg_driver() -> None:
         ("broker_url", "kafka://x", "SIGHTLINE_BROKER_URL"),
         ("max_upload_bytes", 0, "max_upload_bytes"),
         ("series_quiet_seconds", -1, "series_quiet_seconds"),
-        ("cam_method", "scorecam", "cam_method"),
+        ("cam_method", "fullgrad", "cam_method"),
     ],
 )
 def test_bad_values_are_refused_by_name(field: str, value: object, named: str) -> None:

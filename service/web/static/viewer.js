@@ -22,6 +22,7 @@
   const state = {
     study: null, series: null, slices: [], index: 0, keyIndex: 0,
     preset: "auto", wl: null, zoom: 1, panX: 0, panY: 0, view: null,
+    explained: new Map(), // "sop|frame" → the on-demand explanation shown instead of the default map
   };
   const cache = new Map(); // "sop|frame" → Promise of the slice's layers
 
@@ -391,6 +392,7 @@
   async function openSeries(series) {
     state.series = series;
     cache.clear();
+    state.explained.clear();
     const { slices, keyIndex } = await loadSlices(series);
     Object.assign(state, { slices, keyIndex, preset: "auto", wl: null, view: null });
     buildStrip();
@@ -446,7 +448,10 @@
     const result = slice.instance.result;
     const facts = $("result-facts");
     facts.replaceChildren();
-    showLegend(result && result.key_frame === slice.frame_index ? result : null);
+    const explained = state.explained.get(sliceKey(slice));
+    $("explain-default").disabled = !explained;
+    showLegend(explained ? { cam_method: explained.method, target_label: explained.target_label,
+      cam_strength: explained.cam_strength } : result && result.key_frame === slice.frame_index ? result : null);
     if (!result) {
       probabilityBars({}, null);
       fact(facts, "Result", sliceNote(slice));
@@ -562,6 +567,88 @@
     } catch (error) { message.textContent = explain(error); }
   }
 
+  // ---- on-demand explanations: another method or class for this slice -------------------
+
+  const POLL_MS = 1000;
+  const POLL_LIMIT = 300; // five minutes, then the reader may ask again
+  const sliceKey = (slice) => `${slice.sop_instance_uid}|${slice.frame_index}`;
+
+  async function loadMethods() {
+    try {
+      const body = await (await S.api("/api/v1/explanation-methods")).json();
+      $("explain-method").replaceChildren(...body.methods.map((m) =>
+        Object.assign(make("option", m.title), { value: m.id, title: m.paper || m.id })));
+    } catch (error) { $("explain-status").textContent = `Methods not loaded: ${explain(error)}`; }
+  }
+
+  function fillExplainLabels(study) {
+    const select = $("explain-label");
+    select.replaceChildren(...(study.labels || []).map((label) => make("option", label)));
+    for (const series of study.series) {
+      const analysed = series.instances.find((i) => i.result && i.result.target_label);
+      if (analysed) { select.value = analysed.result.target_label; return; }
+    }
+  }
+
+  async function pollExplanation(url) {
+    for (let i = 0; i < POLL_LIMIT; i++) {
+      const view = await (await S.api(url)).json();
+      if (view.status === "done" || view.status === "failed") return view;
+      $("explain-status").textContent = `Explanation ${view.status}…`;
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+    throw new Error("the explanation is taking long; ask again later");
+  }
+
+  /** The explanation's map and outline replace the slice's layers (the default ones are kept). */
+  async function showExplanation(slice, view) {
+    const layers = await layersOf(slice);
+    const { width, height } = layers.grey;
+    const [mapImage, outlineImage] = await Promise.all([bitmap(view.images.map), bitmap(view.images.outline)]);
+    if (!layers.defaultLayers) layers.defaultLayers = { heat: layers.heat, contour: layers.contour, box: layers.box };
+    Object.assign(layers, { heat: heatLayer(mapImage, width, height) }, outlineLayers(outlineImage, width, height));
+    state.explained.set(sliceKey(slice), view);
+  }
+
+  async function requestExplanation(event) {
+    event.preventDefault();
+    const slice = state.slices[state.index];
+    if (!slice) return;
+    const status = $("explain-status");
+    const body = { method: $("explain-method").value, target_label: $("explain-label").value, frame: slice.frame_index };
+    document.body.dataset.explain = "pending";
+    $("explain-button").disabled = true;
+    status.textContent = "Explanation asked for…";
+    try {
+      const response = await S.api(`/api/v1/instances/${enc(slice.sop_instance_uid)}/explanations`,
+        { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      let view = await response.json();
+      if (view.status !== "done") view = await pollExplanation(view.url);
+      if (view.status === "failed") throw new Error(`${view.error_code || "failed"}${view.error_message ? ` — ${view.error_message}` : ""}`);
+      await showExplanation(slice, view);
+      status.textContent = `Showing ${view.method} for ${view.target_label} (slice ${state.slices.indexOf(slice) + 1}).`;
+      document.body.dataset.explain = "done";
+      if (state.slices[state.index] === slice) { draw(); showResult(slice); }
+    } catch (error) {
+      status.textContent = `Explanation not shown: ${explain(error)}`;
+      document.body.dataset.explain = "failed";
+    } finally {
+      $("explain-button").disabled = false;
+    }
+  }
+
+  async function showDefaultMap() {
+    const slice = state.slices[state.index];
+    if (!slice) return;
+    const layers = await layersOf(slice);
+    if (layers.defaultLayers) Object.assign(layers, layers.defaultLayers);
+    delete layers.defaultLayers;
+    state.explained.delete(sliceKey(slice));
+    $("explain-status").textContent = "Showing the default map.";
+    draw();
+    showResult(slice);
+  }
+
   // ---- navigation between studies ------------------------------------------------------
 
   async function neighbourStudy(delta) {
@@ -669,6 +756,8 @@
     $("release").addEventListener("click", () => workflowAction("release"));
     $("report").addEventListener("click", () => workflowAction("report"));
     $("feedback-form").addEventListener("submit", sendFeedback);
+    $("explain-form").addEventListener("submit", requestExplanation);
+    $("explain-default").addEventListener("click", showDefaultMap);
     document.querySelectorAll("input[name=agrees]").forEach((radio) => radio.addEventListener("change", showWorkflow));
     $("help-button").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
     $("help-close").addEventListener("click", () => { $("help").hidden = true; });
@@ -698,6 +787,8 @@
       state.study = await (await S.api(`/api/v1/studies/${enc(studyUid)}`)).json();
       showStudy(state.study);
       showWorkflow();
+      fillExplainLabels(state.study);
+      loadMethods();
       const series = chooseSeries(state.study);
       if (series) await openSeries(series);
       else $("slice-note").textContent = "This study has no images.";

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from helpers import bearer, make_mr_dicom
 from sqlalchemy.orm import Session
 
+from service.active_model import ModelKey
 from service.db.series_state import complete_quiet_series
 from service.db.session import unit_of_work
 from service.db.tables import (
@@ -28,6 +29,7 @@ from service.db.tables import (
     SliceScore,
     Study,
     StudyStatus,
+    builtin_model,
     utcnow,
 )
 from service.db.triage import recompute_study
@@ -72,7 +74,8 @@ def make_study(
         db.add(result)
         db.flush()
         db.add(make_slice(result, series, score=score, label=label))
-        complete_quiet_series(db, study.id, quiet_seconds=0, window=3, now=utcnow())
+        model = ModelKey(*builtin_model())
+        complete_quiet_series(db, study.id, model=model, quiet_seconds=0, window=3, now=utcnow())
     recompute_study(db, study.id)
     return study
 
