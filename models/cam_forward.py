@@ -19,7 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from models.cam import Activations, CamMap
-from models.cam_head import _head_model, class_score
+from models.cam_head import class_score, head_model
 from models.cam_layout import NCHW, Permutation, trace_layout
 from models.cam_path import default_cam_layer
 from models.errors import ModelContractError
@@ -140,7 +140,7 @@ class ForwardModels:
     def head_scores(self, batches: Iterator[FloatArray]) -> FloatArray:
         """Class scores [M, K] of the head over batches of NCHW CAM-layer activations."""
         if self._head is None:
-            head = _head_model(self._load(), self._cam_layer, self._score)
+            head = head_model(self._load(), self._cam_layer, self._score)
             if len(head.graph.input) != 1:
                 raise ModelContractError(
                     f"the head after cam_layer {self._cam_layer!r} reads other model inputs; Ablation-CAM "

@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from models.backward_context import attr
 from models.cam_layout import Permutation
 from models.cam_ready import GRADIENTS
+from models.cam_targets import head_closure
 from models.errors import ModelContractError
 
 DIRECTIONS = 3
@@ -84,7 +85,7 @@ class CamHead:
         feeds: Mapping[str, npt.NDArray[np.generic]],
     ) -> "CamHead":
         """Cut the head out of ``model``; ``feeds`` serve model inputs the head reads besides the CAM layer."""
-        head = _head_model(model, cam_layer, score)
+        head = head_model(model, cam_layer, score)
         precision = FLOAT64 if _to_float64(head) else FLOAT32
         session = ort.InferenceSession(head.SerializeToString(), providers=["CPUExecutionProvider"])
         other_feeds = {info.name: feeds[info.name] for info in head.graph.input if info.name != cam_layer}
@@ -120,21 +121,11 @@ class CamHead:
         return worst
 
 
-def _head_model(model: onnx.ModelProto, cam_layer: str, score: str) -> onnx.ModelProto:
+def head_model(model: onnx.ModelProto, cam_layer: str, score: str) -> onnx.ModelProto:
     """The nodes ``score`` needs, walking back until the CAM layer, which becomes an input."""
     graph = model.graph
-    producers = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
     initializers = {init.name: init for init in graph.initializer}
-    chosen: set[int] = set()
-    pending, seen = [score], {cam_layer}
-    while pending:
-        name = pending.pop()
-        if name in seen or name not in producers:
-            continue
-        seen.add(name)
-        chosen.add(producers[name])
-        pending.extend(graph.node[producers[name]].input)
-    nodes = [node for index, node in enumerate(graph.node) if index in chosen]
+    nodes = head_closure(graph.node, cam_layer, score)
     used = {name for node in nodes for name in node.input}
     inputs = [info for info in graph.input if info.name in used and info.name not in initializers]
     head = helper.make_graph(

@@ -24,23 +24,29 @@ logger = logging.getLogger(__name__)
 # Exponential backoff with full jitter, capped well below the broker's visibility timeout.
 RETRY_BACKOFF_S = 2
 RETRY_BACKOFF_MAX_S = 300
+ROW_TASK_OPTIONS: dict[str, Any] = {  # a task whose message names a row (job, explanation) that it owns
+    "bind": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": RETRY_BACKOFF_S,
+    "retry_backoff_max": RETRY_BACKOFF_MAX_S,
+    "retry_jitter": True,
+    "max_retries": get_settings().job_max_attempts,
+}
 
 
-@celery_app.task(  # type: ignore[untyped-decorator]
-    name=ANALYSE_TASK,
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=RETRY_BACKOFF_S,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=get_settings().job_max_attempts,
-)
+def _row_id(text: str, what: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        logger.error("malformed %s id in message; dropped", what)
+        return None
+
+
+@celery_app.task(name=ANALYSE_TASK, **ROW_TASK_OPTIONS)  # type: ignore[untyped-decorator]
 def analyse_instance(self: Task[Any, Any], job_id: str) -> str:
     """Analyse the instance of one job; the job row says whether there is anything to do."""
-    try:
-        parsed = uuid.UUID(job_id)
-    except ValueError:
-        logger.error("malformed job id in message; dropped")
+    parsed = _row_id(job_id, "job")
+    if parsed is None:
         return "skipped"
     settings = get_settings()
     classifier = worker_classifier(settings)
@@ -64,21 +70,11 @@ def sweep_series() -> int:
     return sweep_quiet_series(get_settings())
 
 
-@celery_app.task(  # type: ignore[untyped-decorator]
-    name=EXPLAIN_TASK,
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=RETRY_BACKOFF_S,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=get_settings().job_max_attempts,
-)
+@celery_app.task(name=EXPLAIN_TASK, **ROW_TASK_OPTIONS)  # type: ignore[untyped-decorator]
 def explain(self: Task[Any, Any], explanation_id: str) -> str:
     """Compute one on-demand explanation (``worker.explain``); its row says whether there is anything to do."""
-    try:
-        parsed = uuid.UUID(explanation_id)
-    except ValueError:
-        logger.error("malformed explanation id in message; dropped")
+    parsed = _row_id(explanation_id, "explanation")
+    if parsed is None:
         return "skipped"
     settings = get_settings()
     worker_name = self.request.hostname or socket.gethostname()
