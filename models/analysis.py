@@ -79,6 +79,14 @@ def _finish(
     classifier: Classifier, key: FrameResult, image: DecodedImage, ds: Dataset | None, frames: list[FrameResult]
 ) -> InstanceAnalysis:
     spacing = pixel_spacing(ds, key.index) if ds is not None else None
+    return frame_analysis(classifier, key, image, spacing, frames)
+
+
+def frame_analysis(
+    classifier: Classifier, key: FrameResult, image: DecodedImage, spacing: Spacing | None, frames: list[FrameResult]
+) -> InstanceAnalysis:
+    """The key frame's map at image size and its region: what every rendering of a map draws
+    (the default analysis and an on-demand explanation alike)."""
     cam = cam_at_image(key.explanation.cam, image.pixels.shape[:2], classifier.manifest.center_crop)
     region = find_region(
         cam,

@@ -269,8 +269,13 @@ class Classifier:
 
     def raw_probabilities(self, image: npt.NDArray[np.uint8]) -> FloatArray:
         """The model's own (uncalibrated) probabilities for one model-input picture: what
-        evaluation and calibration are fitted on."""
-        return np.asarray(self.predict_plain(preprocess(image, self.manifest))[0], dtype=np.float32)
+        evaluation and calibration are fitted on. A model that outputs logits
+        (``output_is_probability`` false) is soft-maxed, as the CAM-ready form does."""
+        output = self.predict_plain(preprocess(image, self.manifest))[0]
+        if self.manifest.output_is_probability:
+            return np.asarray(output, dtype=np.float32)
+        shifted = np.exp(output.astype(np.float64) - output.max())
+        return np.asarray(shifted / shifted.sum(), dtype=np.float32)
 
     def _tumour_score(self, probabilities: dict[str, float]) -> float:
         """1 - P(no tumour) when the model has a no-tumour class, else the summed tumour classes."""

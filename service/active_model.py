@@ -10,6 +10,7 @@ only with a deployment: each is read once per process.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from models.manifest import ModelManifest
 from models.registry import get_manifest, get_manifest_version
-from service.db.tables import DeploymentRole, ModelDeployment
+from service.db.tables import AnalysisResult, DeploymentRole, ModelDeployment
 from service.settings import Settings
 
 
@@ -64,6 +65,20 @@ def active_model(db: Session, settings: Settings) -> ModelKey:
         )
     ).first()
     return ModelKey(row.model_name, row.model_version) if row else configured_model(settings)
+
+
+def latest_result(db: Session, instance_id: uuid.UUID, model: ModelKey) -> AnalysisResult | None:
+    """The instance's newest result of ``model`` (readers see only the active model's)."""
+    return db.scalar(
+        select(AnalysisResult)
+        .where(
+            AnalysisResult.instance_id == instance_id,
+            AnalysisResult.model_name == model.name,
+            AnalysisResult.model_version == model.version,
+        )
+        .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id.desc())
+        .limit(1)
+    )
 
 
 def active_manifest(settings: Settings, db: Session | None = None) -> ModelManifest:

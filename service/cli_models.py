@@ -14,6 +14,8 @@ from service.settings import Settings, get_settings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import numpy as np
+    import numpy.typing as npt
     from sqlalchemy.orm import Session
 
     from models.evaluation import FolderPredictions
@@ -180,11 +182,12 @@ def _folder_predictions(folder: Path, model_name: str | None) -> tuple[ModelMani
     manifest = get_manifest(model_name or settings.model_name, extra)
     files = labelled_files(folder, manifest.labels)
     classifier = Classifier(manifest, cache_dir=settings.model_cache_dir)
-    predictions = predict_folder(
-        files,
-        lambda data: classifier.raw_probabilities(decode_image(data, max_pixels=settings.max_image_pixels).pixels),
-        root=folder,
-    )
+
+    def model_input(data: bytes) -> npt.NDArray[np.uint8]:  # the worker's model input, not the display window
+        image = decode_image(data, max_pixels=settings.max_image_pixels, input_policy=manifest.input_policy)
+        return image.model_pixels
+
+    predictions = predict_folder(files, lambda data: classifier.raw_probabilities(model_input(data)), root=folder)
     for skipped in predictions.skipped:
         print(f"skipped {skipped.index} {skipped.path}: {skipped.reason}", file=sys.stderr)
     if not predictions.paths:

@@ -22,14 +22,13 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import OperationalError as DatabaseError
 
-from models.analysis import FrameResult, InstanceAnalysis, cam_at_image
+from models.analysis import FrameResult, frame_analysis
 from models.decoded_image import DecodedImage
 from models.dicom_pixels import decode_dicom
 from models.dicom_read import read_dicom
 from models.errors import ModelLibraryError
 from models.inference import Classifier, Explanation
 from models.raster import decode_raster, sniff_kind
-from models.regions import find_region, head_mask
 from models.slice_geometry import Spacing, pixel_spacing
 from service.active_model import ModelKey
 from service.db.session import store_blob, unit_of_work
@@ -213,19 +212,10 @@ def render_frame(
     image: DecodedImage, explanation: Explanation, spacing: Spacing | None, classifier: Classifier, settings: Settings
 ) -> tuple[dict[str, bytes], str | None]:
     """The default analysis's pictures (``worker.pipeline.render_images``) of this one map."""
-    manifest = classifier.manifest
-    cam = cam_at_image(explanation.cam, image.pixels.shape[:2], manifest.center_crop)
-    region = find_region(
-        cam,
-        head_mask(image.pixels),
-        tumour_score=explanation.tumour_score,
-        strength=explanation.strength,
-        policy=manifest.region,
-        spacing=spacing,
-    )
     frame = FrameResult(image.frame_index, None, explanation, image.window, image.input_window)
-    pngs, _ = render_images(InstanceAnalysis([frame], frame, image.pixels, cam, region, spacing), settings)
-    return {kind: pngs[kind] for kind in IMAGE_KINDS}, region.reason
+    analysis = frame_analysis(classifier, frame, image, spacing, [frame])
+    pngs, _ = render_images(analysis, settings)
+    return {kind: pngs[kind] for kind in IMAGE_KINDS}, analysis.region.reason
 
 
 def store_explanation(settings: Settings, claim: ClaimedExplanation, rendering: ExplanationRendering) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.manifest import ModelManifest
-from service.active_model import ModelKey
+from service.active_model import ModelKey, latest_result
 from service.db.session import begin_write
 from service.db.tables import (
     AnalysisJob,
@@ -96,16 +96,7 @@ def finished_result(db: Session, instance: Instance, model: ModelKey) -> Analysi
     """The instance's latest result of ``model``; 409 with the reason when there is none."""
     if instance.not_applicable_reason is not None:
         raise InstanceNotApplicable("the model does not score this instance, so it cannot explain it")
-    result = db.scalar(
-        select(AnalysisResult)
-        .where(
-            AnalysisResult.instance_id == instance.id,
-            AnalysisResult.model_name == model.name,
-            AnalysisResult.model_version == model.version,
-        )
-        .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id.desc())
-        .limit(1)
-    )
+    result = latest_result(db, instance.id, model)
     if result is not None:
         return result
     failed = db.scalar(

@@ -7,10 +7,9 @@ latest result (the result that gave the study its label), null when there is non
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.active_model import active_model
+from service.active_model import active_model, latest_result
 from service.db.tables import AnalysisResult, Feedback, Study, utcnow
 from service.errors import UnprocessableInput
 from service.settings import get_settings
@@ -75,14 +74,4 @@ def _key_result(db: Session, study: Study) -> AnalysisResult | None:
     """The active model's result on the key instance: feedback is on what the reader saw."""
     if study.key_instance_id is None:
         return None
-    model = active_model(db, get_settings())
-    return db.scalar(
-        select(AnalysisResult)
-        .where(
-            AnalysisResult.instance_id == study.key_instance_id,
-            AnalysisResult.model_name == model.name,
-            AnalysisResult.model_version == model.version,
-        )
-        .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id.desc())
-        .limit(1)
-    )
+    return latest_result(db, study.key_instance_id, active_model(db, get_settings()))

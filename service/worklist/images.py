@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from models.pixels import DEFAULT_MAX_DECODE_BYTES, decode_image
 from models.render import encode_png
-from service.active_model import ModelKey
+from service.active_model import ModelKey, latest_result
 from service.db.tables import AnalysisResult, Instance
 from service.errors import NotFound
 from service.storage import BlobStore
@@ -62,16 +62,7 @@ def instance_png(
     instance = db.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
     if instance is None:
         raise InstanceNotFound("no instance with this SOP Instance UID")
-    result = db.scalar(
-        select(AnalysisResult)
-        .where(
-            AnalysisResult.instance_id == instance.id,
-            AnalysisResult.model_name == model.name,
-            AnalysisResult.model_version == model.version,
-        )
-        .order_by(AnalysisResult.created_at.desc(), AnalysisResult.id.desc())
-        .limit(1)
-    )
+    result = latest_result(db, instance.id, model)
     if result is not None:
         key = _result_key(result, kind)
         if key is None:

@@ -1,6 +1,7 @@
 """DICOM decoding on pydicom's own test files, checked against independent computations."""
 
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +14,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.pixels.processing import apply_voi_lut
 
 from models.errors import UnreadableDicom
+from models.manifest import load_manifest
 from models.pixels import decode_dicom, decode_image, read_dicom
+from models.registry import default_manifest_path
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -211,3 +214,16 @@ def test_decode_image_sniffs_dicom() -> None:
 def test_decode_image_keeps_the_dicom_error_for_a_damaged_dicom_file() -> None:
     with pytest.raises(UnreadableDicom, match="no data elements after the File Meta Information"):
         decode_image(file_bytes(MR)[:300])
+
+
+def test_an_input_policy_makes_the_model_input_and_leaves_the_display_alone() -> None:
+    """``models evaluate``/``calibrate`` feed the model what the worker feeds it: MR_small's narrow
+    stored window is the display, the default model's full-range policy is the model input."""
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    policy = load_manifest(default_manifest_path()).input_policy
+    plain, with_policy = decode_image(data), decode_image(data, input_policy=policy)
+    np.testing.assert_array_equal(with_policy.pixels, plain.pixels)
+    expected = decode_dicom(read_dicom(data), input_policy=policy).model_input
+    assert expected is not None
+    np.testing.assert_array_equal(with_policy.model_pixels, expected)
+    assert not np.array_equal(with_policy.model_pixels, plain.model_pixels)

@@ -18,7 +18,7 @@ from tests.training.sightline_cli import models_prepare
 from tests.training.synthetic_folder import LABELS, picture
 from training.architectures import build
 from training.data import class_files, stratified_split
-from training.recipe import Hyperparameters, TrainingSummary, softmax, train, usable_temperature
+from training.recipe import Hyperparameters, TrainingSummary, train, usable_temperature
 
 HYPER = Hyperparameters(epochs=12, batch_size=8, seed=3)
 ARCH, WIDTH = "custom_cnn", 8
@@ -101,9 +101,10 @@ def test_serving_the_validation_files_reproduces_accuracy_and_temperature(
     truth = np.array([label for _, label in files.validation])
     served = [analyse_object(item, trained.classifier, max_pixels=10**6).key.explanation.label for item in data]
     assert np.mean([LABELS.index(label) for label in served] == truth) == trained.summary.onnx_validation_accuracy
-    logits = np.stack([trained.classifier.raw_probabilities(decode_raster(item).model_pixels) for item in data])
-    # raw_probabilities is the plain model's output: logits here (output_is_probability is False)
-    temperature = round(fit_temperature(softmax(logits.astype(np.float64)), truth), 4)
+    raw = np.stack([trained.classifier.raw_probabilities(decode_raster(item).model_pixels) for item in data])
+    # the plain model outputs logits here (output_is_probability is False): raw_probabilities soft-maxes them
+    np.testing.assert_allclose(raw.sum(axis=1), 1.0, atol=1e-5)
+    temperature = round(fit_temperature(raw.astype(np.float64), truth), 4)
     assert temperature == pytest.approx(trained.summary.fitted_temperature, abs=2e-4)
     assert trained.summary.temperature == usable_temperature(trained.summary.fitted_temperature)
 
