@@ -24,7 +24,10 @@ from service.settings import Settings
 from worker.series import sweep_quiet_series
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
+
+TIMEOUT_MS = 30_000
+DESKTOP = {"width": 1280, "height": 800}
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +92,18 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture()
+def page(browser: Browser, live_site: LiveSite) -> Iterator[Page]:
+    """A desktop-sized page of a fresh browser context; a script error on it fails the test."""
+    context = browser.new_context(viewport=DESKTOP)
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert not errors, f"script errors on the page: {errors}"

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 from e2e.conftest import LESION_STUDY, LiveSite
-from e2e.test_viewer import DESKTOP, TIMEOUT_MS, mad, open_study, pixels, set_opacity, slice_plan, wait_slice
+from e2e.test_viewer import mad, open_study, pixels, set_opacity, slice_plan, wait_slice
 from sqlalchemy import select
 
 from service.db.session import unit_of_work
@@ -20,23 +19,9 @@ from worker.explain import explain_job
 from worker.pipeline import Outcome
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture()
-def page(browser: Browser, live_site: LiveSite) -> Iterator[Page]:
-    context = browser.new_context(viewport=DESKTOP)
-    opened = context.new_page()
-    opened.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield opened
-    finally:
-        context.close()
-    assert not errors, f"script errors on the page: {errors}"
 
 
 def queued_explanation(site: LiveSite, timeout_s: float = 30.0) -> uuid.UUID:

@@ -9,7 +9,6 @@ strip, and the reading workflow, whose trail the admin then finds in the audit l
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from e2e.conftest import LESION_STUDY, PLAIN_STUDY, LiveSite
+from e2e.conftest import LESION_STUDY, PLAIN_STUDY, TIMEOUT_MS, LiveSite
 from helpers import bearer
 from stack import REPO_ROOT
 
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT_MS = 30_000
-DESKTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 768, "height": 1024}
 
 
@@ -76,20 +73,6 @@ def slice_plan(site: LiveSite, study_uid: str) -> tuple[list[dict[str, Any]], di
     series = study["series"][0]
     slices = api(site, f"/api/v1/series/{series['series_instance_uid']}/slices")["slices"]
     return slices, {i["sop_instance_uid"]: i for i in series["instances"]}
-
-
-@pytest.fixture()
-def page(browser: Browser, live_site: LiveSite) -> Iterator[Page]:
-    context = browser.new_context(viewport=DESKTOP)
-    opened = context.new_page()
-    opened.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield opened
-    finally:
-        context.close()
-    assert not errors, f"script errors on the page: {errors}"
 
 
 def open_study(page: Page, site: LiveSite, study_uid: str, role: Role = Role.reader) -> None:
