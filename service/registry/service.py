@@ -156,7 +156,7 @@ def retriage(db: Session, key: ModelKey, *, window: int) -> int:
         for series in db.scalars(select(Series).where(Series.study_id == study_id, Series.id.in_(scored))):
             if series.completed_at is not None:
                 score_series(db, series, window, key)
-        mark_due(recompute_locked(db, study), utcnow())
+        mark_due(recompute_locked(db, study, key), utcnow())
     return len(study_ids)
 
 
